@@ -1,0 +1,70 @@
+"""tune/final.py as a user runs it: a real training, and bad input that stops before anything is written."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT, TINY_DATA
+
+FINAL = [sys.executable, str(ROOT / "tune" / "final.py")]
+
+
+def run(args, cwd):
+    return subprocess.run(FINAL + args, cwd=cwd, capture_output=True, text=True, timeout=600,
+                          env={**os.environ})
+
+
+def test_trains_one_config_and_writes_metrics_tensorboard_and_learner(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"data": TINY_DATA, "arch": "tiny", "size": 32, "bs": 16, "workers": 0}))
+    out = tmp_path / "out"
+    r = run([str(cfg), "--set", "epochs=2", "--set", "mixup_alpha=0.2", "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "epoch   2" in r.stdout and "accuracy" in r.stdout
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"]["mixup_alpha"] == 0.2 and m["config"]["arch"] == "tiny"
+    assert [h["epoch"] for h in m["history"]] == [1, 2]
+    assert m["accuracy"] == m["history"][-1]["accuracy"] and m["accuracy_tta"] is not None
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    ea = EventAccumulator(str(out))
+    ea.Reload()
+    assert [e.step for e in ea.Scalars("accuracy")] == [1, 2]
+    from fastai.learner import load_learner
+    learn = load_learner(out / "learner.pkl")
+    assert len(learn.dls.vocab) == 10
+    # never mixes a new run into an old folder
+    again = run([str(cfg), "--out", str(out)], tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--set", "archh=tiny"], "unknown config key"),
+    (["--set", "arch=resnet9"], "arch"),
+    (["--set", "mixup_alpha=-1"], "mixup_alpha"),
+    (["--set", "label_smoothing=1.5"], "label_smoothing"),
+    (["--set", "size=0"], "size"),
+    (["--set", "resize_start=-3"], "resize_start"),
+    (["--set", "resize_start=256", "--set", "size=128"], "larger than size"),
+    (["--set", "data=/definitely/not/here"], "data folder not found"),
+    (["BAD_JSON"], "not valid JSON"),
+    (["--set", "epochs"], "key=value"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
+    if args == ["BAD_JSON"]:
+        (tmp_path / "bad.json").write_text('{"arch": "tiny", }')
+        args = [str(tmp_path / "bad.json")]
+    out = tmp_path / "out"
+    r = run(args + ["--out", str(out)], tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0]
+    assert not out.exists() and not (tmp_path / "results").exists()
+
+
+def test_help_lists_every_config_key(tmp_path):
+    r = run(["--help"], tmp_path)
+    assert r.returncode == 0
+    for key in ("mixup_alpha", "label_smoothing", "resize_start", "resize_frac", "normalize", "tta"):
+        assert key in r.stdout

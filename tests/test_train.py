@@ -1,0 +1,175 @@
+"""Real fastai training on a tiny generated dataset: every technique on and off, the schedule, resume."""
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from fastai.callback.core import Callback
+from fastai.callback.mixup import MixUp
+from fastai.data.transforms import Normalize
+from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+
+from trainables.data import dataset_stats, index, prepare
+from trainables.reporting import EPOCH_KEYS, Reporter
+from trainables.train import train
+
+
+class Collect(Reporter):
+    """Keeps what the trainer reports; saves a checkpoint after epoch `save_at`."""
+
+    def __init__(self, save_at=None, folder=None):
+        self.metrics, self.save_at, self.folder, self.ended = [], save_at, folder, None
+
+    def epoch(self, metrics, save):
+        self.metrics.append(metrics)
+        if metrics["epoch"] == self.save_at:
+            save(self.folder)
+
+    def end(self, result):
+        self.ended = result
+
+
+class Shapes(Callback):
+    """Records the image size of every training and validation batch, by epoch."""
+
+    def before_fit(self):
+        self.seen = {}
+
+    def before_batch(self):
+        self.seen.setdefault((self.epoch, self.training), set()).add(tuple(self.x.shape[-2:]))
+
+
+class LRTrace(Callback):
+    def before_fit(self):
+        self.lrs = []
+
+    def after_batch(self):
+        if self.training:
+            self.lrs.append(self.opt.hypers[-1]["lr"])
+
+
+def deterministic(history):
+    return [{k: v for k, v in m.items() if k not in ("epoch_s", "images_per_s")} for m in history]
+
+
+def test_reports_every_epoch_with_every_metric(tiny_cfg):
+    rep = Collect()
+    res = train(tiny_cfg.replace(epochs=3), [rep])
+    assert [m["epoch"] for m in rep.metrics] == [1, 2, 3]
+    for m in rep.metrics:
+        assert set(EPOCH_KEYS) <= set(m) and all(math.isfinite(m[k]) for k in EPOCH_KEYS)
+        assert 0 <= m["accuracy"] <= 1 and m["images_per_s"] > 0 and m["size"] == 32
+    assert rep.ended["accuracy"] == rep.metrics[-1]["accuracy"] == res.accuracy
+    assert "accuracy_tta" not in rep.metrics[-1]
+
+
+def test_progressive_resizing_trains_small_then_large_and_always_validates_at_final_size(tiny_cfg):
+    cfg = tiny_cfg.replace(size=48, resize_start=24, resize_frac=0.5, epochs=4)
+    rep, shapes = Collect(), Shapes()
+    train(cfg, [rep], cbs=[shapes])
+    assert [m["size"] for m in rep.metrics] == [24, 24, 48, 48]
+    for epoch in range(4):
+        want = 24 if epoch < 2 else 48
+        assert shapes.seen[(epoch, True)] == {(want, want)}
+        assert shapes.seen[(epoch, False)] == {(48, 48)}
+
+
+@pytest.mark.parametrize("schedule", ["one_cycle", "flat_cos"])
+def test_one_schedule_spans_all_epochs_across_the_size_switch(tiny_cfg, schedule):
+    cfg = tiny_cfg.replace(size=48, resize_start=24, resize_frac=0.5, epochs=4, lr=1e-2, lr_schedule=schedule)
+    trace = LRTrace()
+    train(cfg, [], cbs=[trace])
+    lrs = trace.lrs
+    peak = max(range(len(lrs)), key=lrs.__getitem__)
+    assert lrs[peak] == pytest.approx(1e-2, rel=0.05)
+    assert lrs[-1] < 1e-2 * 0.15                                  # annealed only at the very end
+    assert all(b <= a + 1e-12 for a, b in zip(lrs[peak:], lrs[peak + 1:]))  # never restarts at the switch
+    if schedule == "one_cycle":
+        assert 0.1 < peak / len(lrs) < 0.4 and lrs[0] < 1e-2 / 10   # warm-up over the first quarter of all batches
+    else:
+        assert peak / len(lrs) < 0.05 and lrs[len(lrs) // 2] == pytest.approx(1e-2)  # flat, then cosine
+
+
+def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tiny_cfg, tmp_path):
+    cfg = tiny_cfg.replace(epochs=4, size=48, resize_start=32, resize_frac=0.5, mixup_alpha=0.4,
+                           label_smoothing=0.1, tta=True)
+    full = Collect(save_at=2, folder=tmp_path)
+    train(cfg, [full])
+    resumed = Collect()
+    res = train(cfg, [resumed], resume_from=tmp_path)
+    assert [m["epoch"] for m in resumed.metrics] == [3, 4]
+    assert deterministic(resumed.metrics) == deterministic(full.metrics[2:])
+    assert deterministic(res.history) == deterministic(full.metrics)
+    assert res.accuracy_tta == full.metrics[-1]["accuracy_tta"]
+
+
+def test_same_seed_same_metrics_and_another_seed_differs(tiny_cfg):
+    a, b, c = Collect(), Collect(), Collect()
+    train(tiny_cfg, [a])
+    train(tiny_cfg, [b])
+    train(tiny_cfg.replace(seed=43), [c])
+    assert deterministic(a.metrics) == deterministic(b.metrics)
+    assert deterministic(a.metrics) != deterministic(c.metrics)
+
+
+def test_mixup_and_label_smoothing_on_and_off(tiny_cfg):
+    plain = train(tiny_cfg)
+    assert isinstance(plain.learn.loss_func, CrossEntropyLossFlat)
+    assert not any(isinstance(cb, MixUp) for cb in plain.learn.cbs)
+    mixed = train(tiny_cfg.replace(mixup_alpha=0.4, label_smoothing=0.2))
+    assert isinstance(mixed.learn.loss_func, LabelSmoothingCrossEntropyFlat)
+    assert mixed.learn.loss_func.func.eps == 0.2
+    assert any(isinstance(cb, MixUp) for cb in mixed.learn.cbs)
+    # same seed and data: the techniques change what is learned
+    assert plain.history[0]["train_loss"] != mixed.history[0]["train_loss"]
+
+
+@pytest.mark.parametrize("normalize", ["imagenet", "dataset", "none"])
+def test_normalization_choices(tiny_cfg, normalize):
+    res = train(tiny_cfg.replace(epochs=1, normalize=normalize))
+    norms = [t for t in res.learn.dls.train.after_batch.fs if isinstance(t, Normalize)]
+    if normalize == "none":
+        assert not norms
+        return
+    mean = norms[0].mean.flatten().tolist()
+    if normalize == "imagenet":
+        assert mean == pytest.approx([0.485, 0.456, 0.406])
+    else:
+        want, _ = dataset_stats(index(prepare(tiny_cfg.data)))
+        assert mean == pytest.approx(want) and mean != pytest.approx([0.485, 0.456, 0.406], abs=1e-3)
+    xb, _ = res.learn.dls.valid.one_batch()
+    assert abs(float(xb.mean())) < 1.5
+
+
+def test_tta_is_reported_on_the_last_epoch(tiny_cfg):
+    rep = Collect()
+    res = train(tiny_cfg.replace(tta=True), [rep])
+    assert "accuracy_tta" not in rep.metrics[0]
+    assert rep.metrics[-1]["accuracy_tta"] == res.accuracy_tta and 0 <= res.accuracy_tta <= 1
+
+
+def test_random_split_holds_out_a_fifth_of_all_images(tiny_cfg):
+    res = train(tiny_cfg.replace(split="random", epochs=1))
+    n_train, n_valid = len(res.learn.dls.train_ds), len(res.learn.dls.valid_ds)
+    assert n_valid == int(0.2 * (n_train + n_valid))
+
+
+@pytest.mark.parametrize("opt", ["ranger", "sgd", "lamb"])
+def test_other_optimizers_and_activation_train(tiny_cfg, opt):
+    res = train(tiny_cfg.replace(epochs=1, opt=opt, act="mish"))
+    assert math.isfinite(res.history[0]["train_loss"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the CPU-only message")
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_half_precision_without_a_gpu_is_a_clear_error(tiny_cfg, precision):
+    from trainables.config import ConfigError
+    with pytest.raises(ConfigError, match="needs a CUDA GPU"):
+        train(tiny_cfg.replace(precision=precision))
+
+
+@pytest.mark.parametrize("arch", ["xresnet18", "xse_resnext18"])
+def test_xresnet_family_builds_for_ten_classes(tiny_cfg, arch):
+    from trainables.learner import make_model
+    out = make_model(tiny_cfg.replace(arch=arch), 10)(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, 10)

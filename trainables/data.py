@@ -1,0 +1,207 @@
+"""Dataset preparation: names to ready folders (download, generation, checks), safe under concurrency.
+
+Trials ask for a dataset by name and get a path that is complete: every preparation step runs under a
+per-dataset file lock and publishes its result with an atomic rename, so several processes starting at
+the same moment prepare it once and never see a half-written folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from .synthetic import SpecError, SyntheticSpec, generate
+
+REAL = {  # our names -> fastai URLs attribute
+    "imagenette": "IMAGENETTE", "imagenette-160": "IMAGENETTE_160", "imagenette-320": "IMAGENETTE_320",
+    "imagewoof": "IMAGEWOOF", "imagewoof-160": "IMAGEWOOF_160", "imagewoof-320": "IMAGEWOOF_320",
+}
+IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
+INDEX_VERSION = 1
+
+
+class DataError(RuntimeError):
+    """A dataset cannot be used; the message is one line that says what to do."""
+
+
+def data_home() -> Path:
+    """Where generated datasets, indexes and caches live (IMAGENETTE_TUNE_HOME moves it)."""
+    return Path(os.environ.get("IMAGENETTE_TUNE_HOME", Path.home() / ".cache" / "imagenette-tune")).expanduser()
+
+
+def _lock(key: str) -> FileLock:
+    locks = data_home() / "locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(locks / f"{key}.lock"))
+
+
+def _atomic_dir(final: Path, build) -> Path:
+    """Build a folder beside `final` and rename it into place; the caller holds the lock."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    try:
+        build(tmp)
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def is_name(data: str) -> bool:
+    return data in REAL or data.split(":")[0] == "synthetic"
+
+
+def prepare(data: str) -> Path:
+    """Return the absolute path of a complete dataset in the Imagenette layout, preparing it if needed."""
+    if data.split(":")[0] == "synthetic":
+        try:
+            spec = SyntheticSpec.parse(data)
+        except SpecError as e:
+            raise DataError(str(e)) from None
+        final = data_home() / "datasets" / spec.dirname
+        if not final.is_dir():
+            with _lock(spec.dirname):
+                if not final.is_dir():
+                    print(f"generating {data} into {final} ...", flush=True)
+                    _atomic_dir(final, lambda tmp: generate(spec, tmp))
+        path = final
+    elif data in REAL:
+        path = _fetch_real(data)
+    else:
+        path = Path(data).expanduser().resolve()
+        if not path.is_dir():
+            raise DataError(f"data folder not found: {path} (give --data a folder in the Imagenette layout "
+                            f"or one of: synthetic, {', '.join(REAL)})")
+    check_layout(path)
+    return path
+
+
+def _fetch_real(name: str) -> Path:
+    from fastai.data.external import URLs, untar_data
+    url = getattr(URLs, REAL[name])
+    with _lock(name):
+        try:
+            return Path(untar_data(url)).resolve()
+        except Exception as e:  # offline, DNS, HTTP: all mean the same to the user
+            reason = str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+            raise DataError(f"{name} is not in the fastai cache and could not be downloaded from {url} "
+                            f"({reason}); download it elsewhere and pass --data PATH (the extracted folder "
+                            "with train/ and val/)") from None
+
+
+def check_layout(path: Path) -> None:
+    missing = [d for d in ("train", "val") if not (path / d).is_dir()]
+    if missing:
+        raise DataError(f"{path} is not in the Imagenette layout: no {'/ or '.join(missing)}/ folder "
+                        "(expected train/<class>/*.JPEG and val/<class>/*.JPEG)")
+
+
+@dataclass
+class DatasetIndex:
+    """Every usable image of a dataset folder with its label; unreadable files are listed, not used."""
+    root: Path
+    files: list[str]        # relative to root
+    labels: list[str]
+    is_valid: list[bool]    # in val/
+    skipped: list[str]      # unreadable images, relative to root
+
+    @property
+    def classes(self) -> list[str]:
+        return sorted(set(self.labels))
+
+    def split(self, how: str, seed: int) -> tuple[list[int], list[int]]:
+        """Indices of (train, valid): the val/ folder, or fastbook's seeded random 20% of everything."""
+        n = len(self.files)
+        if how == "val":
+            return [i for i in range(n) if not self.is_valid[i]], [i for i in range(n) if self.is_valid[i]]
+        idx = list(range(n))
+        random.Random(seed).shuffle(idx)
+        cut = int(0.2 * n)
+        return sorted(idx[cut:]), sorted(idx[:cut])
+
+
+def _cache_key(root: Path) -> str:
+    return hashlib.sha1(str(root).encode()).hexdigest()[:16]
+
+
+def _listing(root: Path) -> list[tuple[str, int]]:
+    out = []
+    for split in ("train", "val"):
+        for dirpath, _, names in os.walk(root / split):
+            for n in names:
+                if Path(n).suffix.lower() in IMAGE_EXTS:
+                    p = Path(dirpath) / n
+                    out.append((str(p.relative_to(root)), p.stat().st_size))
+    return sorted(out)
+
+
+def index(root: Path) -> DatasetIndex:
+    """The dataset's index, verified once (every image opened) and cached until its files change."""
+    from fastai.vision.utils import verify_images
+
+    root = Path(root).resolve()
+    listing = _listing(root)
+    if not listing:
+        raise DataError(f"no images found under {root}/train or {root}/val")
+    fingerprint = hashlib.sha1(json.dumps(listing).encode()).hexdigest()
+    cache = data_home() / "index" / f"{_cache_key(root)}.json"
+    cached = _read_json(cache)
+    if not (cached and cached.get("fingerprint") == fingerprint and cached.get("version") == INDEX_VERSION):
+        with _lock(f"index-{_cache_key(root)}"):
+            cached = _read_json(cache)
+            if not (cached and cached.get("fingerprint") == fingerprint and cached.get("version") == INDEX_VERSION):
+                bad = verify_images([root / rel for rel, _ in listing])
+                cached = {"version": INDEX_VERSION, "root": str(root), "fingerprint": fingerprint,
+                          "skipped": sorted(str(Path(b).relative_to(root)) for b in bad)}
+                _write_json_atomic(cache, cached)
+    skipped = set(cached["skipped"])
+    if skipped:
+        shown = ", ".join(sorted(skipped)[:3]) + (" ..." if len(skipped) > 3 else "")
+        print(f"warning: skipping {len(skipped)} unreadable image(s) in {root}: {shown}", flush=True)
+    files = [rel for rel, _ in listing if rel not in skipped]
+    parts = [Path(f).parts for f in files]
+    idx = DatasetIndex(root, files, [p[1] for p in parts], [p[0] == "val" for p in parts], sorted(skipped))
+    for name, part in (("train", False), ("val", True)):
+        if part not in idx.is_valid:
+            raise DataError(f"no readable images in {root}/{name}")
+    return idx
+
+
+def dataset_stats(idx: DatasetIndex, n: int = 512, size: int = 64) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of the training images (a fixed sample), cached beside the index."""
+    import numpy as np
+    from PIL import Image
+
+    cache = data_home() / "index" / f"{_cache_key(idx.root)}-stats.json"
+    train = [f for f, v in zip(idx.files, idx.is_valid) if not v]
+    key = hashlib.sha1(json.dumps([train, n, size]).encode()).hexdigest()
+    cached = _read_json(cache)
+    if cached and cached.get("key") == key:
+        return cached["mean"], cached["std"]
+    sample = random.Random(0).sample(train, min(n, len(train)))
+    px = np.concatenate([np.asarray(Image.open(idx.root / f).convert("RGB").resize((size, size)),
+                                    np.float32).reshape(-1, 3) / 255 for f in sample])
+    mean, std = px.mean(0).tolist(), px.std(0).tolist()
+    _write_json_atomic(cache, {"key": key, "mean": mean, "std": std})
+    return mean, std
+
+
+def _read_json(p: Path):
+    try:
+        return json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _write_json_atomic(p: Path, obj) -> None:
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj))
+    os.replace(tmp, p)

@@ -1,0 +1,114 @@
+"""Config -> fastai DataLoaders, model and Learner. Knows fastai and PyTorch, nothing of Ray."""
+from __future__ import annotations
+
+import os
+from functools import partial
+
+import torch
+from fastai.callback.channelslast import ChannelsLast
+from fastai.callback.fp16 import AMPMode, MixedPrecision
+from fastai.callback.mixup import MixUp
+from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize, parent_label
+from fastai.layers import AdaptiveAvgPool, ConvLayer, Flatten, Mish, ResBlock
+from fastai.learner import Learner
+from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
+from fastai.metrics import accuracy
+from fastai.optimizer import SGD, Adam, Lamb, ranger
+from fastai.vision.models import xresnet
+from fastai.vision.augment import Resize, aug_transforms
+from fastai.vision.data import ImageBlock, imagenet_stats
+from torch import nn
+
+from .config import ConfigError, TrainConfig
+from .data import DatasetIndex, dataset_stats
+
+OPTIMIZERS = {"adam": Adam, "ranger": ranger, "sgd": partial(SGD, mom=0.9), "lamb": Lamb}
+ACTS = {"relu": nn.ReLU, "mish": Mish}
+
+
+def device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def make_model(cfg: TrainConfig, n_out: int) -> nn.Module:
+    act = ACTS[cfg.act]
+    if cfg.arch == "tiny":
+        return tiny_net(n_out, act)
+    return getattr(xresnet, cfg.arch)(n_out=n_out, act_cls=act)
+
+
+def tiny_net(n_out: int, act) -> nn.Module:
+    """Four strided stages of fastai's ConvLayer and ResBlock, 16-128 wide: seconds per epoch on a CPU."""
+    def stage(ni, nf, res):
+        return [ConvLayer(ni, nf, stride=2, act_cls=act)] + ([ResBlock(1, nf, nf, act_cls=act)] if res else [])
+    return nn.Sequential(*stage(3, 16, False), *stage(16, 32, True), *stage(32, 64, True), *stage(64, 128, False),
+                         AdaptiveAvgPool(), Flatten(), nn.Linear(128, n_out))
+
+
+def auto_workers() -> int:
+    """One loader process per CPU this process was given (Ray sets the thread count to a trial's CPUs)."""
+    n = min(torch.get_num_threads(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 8)
+    return 0 if n <= 1 else min(n, 8)
+
+
+def presize(size: int) -> int:
+    """Item-level resize, larger than the final crop so the batch-level crop has room (fastbook's presizing)."""
+    return int(size * 1.25 + 7) // 8 * 8
+
+
+def batch_tfms(cfg: TrainConfig, size: int, stats) -> list:
+    tfms = aug_transforms(size=size, min_scale=cfg.min_scale)
+    return tfms + ([Normalize.from_stats(*stats)] if stats else [])
+
+
+def norm_stats(cfg: TrainConfig, idx: DatasetIndex):
+    if cfg.normalize == "imagenet":
+        return imagenet_stats
+    if cfg.normalize == "dataset":
+        return dataset_stats(idx)
+    return None
+
+
+def build_dls(cfg: TrainConfig, idx: DatasetIndex):
+    """DataLoaders at the final size plus one training loader per progressive-resizing size.
+
+    Returns (dls, {size: train_dl}); validation always runs at `cfg.size`.
+    """
+    train_i, valid_i = idx.split(cfg.split, cfg.seed)
+    items = [idx.root / f for f in idx.files]
+    order = train_i + valid_i
+    stats = norm_stats(cfg, idx)
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=idx.classes)), get_y=parent_label,
+                      splitter=IndexSplitter(range(len(train_i), len(order))),
+                      item_tfms=Resize(presize(cfg.size)), batch_tfms=batch_tfms(cfg, cfg.size, stats))
+    workers = auto_workers() if cfg.workers is None else cfg.workers
+    dls = block.dataloaders([items[i] for i in order], bs=cfg.bs, num_workers=workers, device=device(),
+                            persistent_workers=False)
+    stages = {cfg.size: dls.train}
+    for s in {cfg.size_at(e) for e in range(cfg.epochs)} - {cfg.size}:
+        stages[s] = dls.train.new(after_batch=[IntToFloatTensor(), *batch_tfms(cfg, s, stats)])
+    return dls, stages
+
+
+def build_learner(cfg: TrainConfig, dls, cbs=()) -> Learner:
+    loss = (LabelSmoothingCrossEntropyFlat(eps=cfg.label_smoothing) if cfg.label_smoothing > 0
+            else CrossEntropyLossFlat())
+    cbs = list(cbs) + ([MixUp(cfg.mixup_alpha)] if cfg.mixup_alpha > 0 else [])
+    learn = Learner(dls, make_model(cfg, len(dls.vocab)), loss_func=loss, opt_func=OPTIMIZERS[cfg.opt],
+                    lr=cfg.lr, wd=cfg.wd, metrics=accuracy, cbs=cbs)
+    precision = resolve_precision(cfg.precision)
+    if learn.dls.device.type == "cuda":
+        learn.add_cb(ChannelsLast())
+    if precision in ("bf16", "fp16"):
+        learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16 if precision == "bf16" else AMPMode.FP16))
+    return learn
+
+
+def resolve_precision(precision: str) -> str:
+    cuda = torch.cuda.is_available()
+    if precision == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if precision in ("bf16", "fp16") and not cuda:  # fastai's MixedPrecision autocasts on CUDA only
+        raise ConfigError(f"precision={precision} needs a CUDA GPU; use auto or fp32 on this machine")
+    return precision

@@ -1,0 +1,53 @@
+"""What every command shares: one-line errors with exit status 2, quiet library warnings, atomic writes."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """Bad input from the user; reported as one line and exit status 2."""
+
+
+def quiet() -> None:
+    """Silence warnings the user cannot act on (fastai's use of deprecated torch APIs)."""
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message=".*upsample.*|.*grid_sample.*")
+
+
+def run(main, argv=None) -> int:
+    """Call main(argv); turn the project's input errors into one line on stderr and exit status 2."""
+    from trainables.config import ConfigError
+    from trainables.data import DataError
+    try:
+        return main(argv) or 0
+    except (UsageError, ConfigError, DataError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return USAGE_ERROR
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def write_json(path: Path, obj) -> None:
+    """Write JSON so that a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def free_folder(path: Path, force: bool, what: str) -> Path:
+    """An output folder that holds nothing yet (or --force); refuses to mix a new run into an old one."""
+    path = Path(path).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{what} {path} exists and is not a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UsageError(f"{what} {path} already exists; choose another or pass --force")
+    return path
