@@ -1,0 +1,111 @@
+"""Two things Ray Tune does not do for ASHA + Optuna, written here because no library option covers them.
+
+- Ray tells Optuna that a trial ASHA stopped early is COMPLETE with its early value, so TPE would learn
+  from 1-epoch accuracies as if they were final. TruthfulOptunaSearch tells Optuna PRUNED, with the
+  trial's per-epoch intermediate values, which TPE ranks below complete trials by how far they got.
+- Ray saves no scheduler state, so after a resume ASHA's rungs would be empty and a trial that an
+  uninterrupted search would stop could run to the end. ResumableASHA replays the finished and paused
+  trials' per-epoch results into its rungs before the first trial is added.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+from optuna.exceptions import UpdateFinishedTrialError
+from optuna.trial import TrialState
+from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+STEP = "epoch"  # not Ray's training_iteration, which restarts from a stale snapshot after a kill
+
+
+class TruthfulOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_epochs: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_epochs = max_epochs
+
+    def suggest(self, trial_id):
+        config = super().suggest(trial_id)
+        if trial_id in self._ot_trials:  # lets the study and Ray's trial folders be joined later
+            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+        return config
+
+    def restore(self, checkpoint_path: str):
+        """After a kill, trials started since Ray's last snapshot are unknown to the restored search and
+        will never report again: close them in the study (FAIL) instead of leaving them RUNNING."""
+        super().restore(checkpoint_path)
+        known = {t.number for t in self._ot_trials.values()}
+        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t.number not in known:
+                self._ot_study.tell(t.number, state=TrialState.FAIL)
+
+    def _report(self, trial_id, result) -> bool:
+        """Record an epoch in the study; False if the study had already closed the trial (a trial the
+        driver was killed before saving, replaying its epochs after a resume)."""
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a replayed epoch repeats its step
+                self._ot_trials[trial_id].report(result[self.metric], result[STEP])
+            return True
+        except UpdateFinishedTrialError:
+            self._completed_trials.add(trial_id)
+            return False
+
+    def on_trial_result(self, trial_id, result):
+        if trial_id in self._ot_trials and trial_id not in self._completed_trials and self.metric in result:
+            self._report(trial_id, result)
+
+    def on_trial_complete(self, trial_id, result=None, error=False):
+        if trial_id in self._completed_trials:  # the study closed it already (epochs replayed after a resume)
+            return
+        stopped_early = (not error and result and trial_id in self._ot_trials
+                         and result.get(STEP, self.max_epochs) < self.max_epochs)
+        if not stopped_early:
+            return super().on_trial_complete(trial_id, result=result, error=error)
+        # the result that made ASHA stop the trial never reaches on_trial_result
+        if result.get(self.metric) is None or self._report(trial_id, result):
+            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
+            self._completed_trials.add(trial_id)
+
+
+class _Seen:
+    """What ASHA's bracket needs of a trial: its id."""
+
+    def __init__(self, trial_id):
+        self.trial_id = trial_id
+
+
+class ResumableASHA(ASHAScheduler):
+    """ASHA whose rungs start from earlier results: {trial_id: [(epoch, metric), ...]}."""
+
+    def __init__(self, *args, history: dict | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._history = history or {}
+        self._replayed = False
+
+    def on_trial_add(self, tune_controller, trial):
+        if not self._replayed:  # the metric's sign is only known once Tune has set the search properties
+            self._replayed = True
+            bracket = self._brackets[0]
+            for trial_id, results in self._history.items():
+                for step, value in sorted(results):
+                    bracket.on_result(_Seen(trial_id), step, self._metric_op * value)
+        super().on_trial_add(tune_controller, trial)
+        if trial.trial_id in self._history:
+            self._trial_info[trial.trial_id] = self._brackets[0]
+
+
+def history_from(experiment: Path, metric: str) -> dict:
+    """Every trial's per-epoch metric from its result.json in an experiment folder."""
+    out = {}
+    for result_file in Path(experiment).glob("*/result.json"):
+        for line in result_file.read_text().splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a line cut short by a kill
+            if metric in r and STEP in r:
+                out.setdefault(r["trial_id"], []).append((r[STEP], r[metric]))
+    return out

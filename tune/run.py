@@ -1,0 +1,151 @@
+"""Run a hyperparameter search: python tune/run.py --space full [options]
+
+Ray Tune runs trials of trainables/ on every GPU (or CPU) of this machine or a Ray cluster; Optuna's TPE
+picks configs, ASHA stops the weak ones early. Everything lands in results/<name>/: TensorBoard events,
+the Optuna study (optuna.db), best_config.json for tune/final.py, leaderboard.csv and a report.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a clone without installing
+
+from tune.cli import UsageError, quiet, run  # noqa: E402
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="tune/run.py", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="examples:\n  python tune/run.py --space smoke\n"
+                                       "  python tune/run.py --space full --data imagenette-160 --gpus-per-trial 0.25\n"
+                                       "  python tune/run.py --resume results/full-20261123-101500")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--space", help="a named space (see --list-spaces) or a .yaml/.json file")
+    what.add_argument("--resume", metavar="RESULTS/NAME", help="continue an interrupted or killed search")
+    what.add_argument("--list-spaces", action="store_true", help="print the named spaces and exit")
+    p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
+    p.add_argument("--results", default="results", help="results root (default: results/)")
+    p.add_argument("--data", help="dataset for every trial: a name or folder (overrides the space)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="fix a config key for every trial (overrides the space)")
+    p.add_argument("--samples", type=int, help="number of trials")
+    p.add_argument("--max-epochs", type=int, help="epochs of a trial that is never stopped (ASHA's max_t)")
+    p.add_argument("--grace-period", type=int, help="epochs before ASHA may stop a trial")
+    p.add_argument("--reduction-factor", type=int, help="ASHA keeps 1/factor of the trials at each rung")
+    p.add_argument("--concurrent", type=int, help="trials at once (default: as many as the resources allow)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler (default 0)")
+    p.add_argument("--searcher", choices=("tpe", "random"), default="tpe", help="random = baseline")
+    p.add_argument("--scheduler", choices=("asha", "none"), default="asha", help="none = every trial runs to the end")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials (default 1 if any)")
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the GPU share of the CPUs)")
+    p.add_argument("--retries", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--address", help="join a running Ray cluster (e.g. auto); needs --storage")
+    p.add_argument("--storage", help="results root on storage every node sees (NFS path); with --address")
+    return p.parse_args(argv)
+
+
+def space_with_overrides(args):
+    import search_spaces
+    from trainables.config import parse_overrides
+    from trainables.data import is_name
+    space = search_spaces.load(args.space)
+    raw = space.to_dict()
+    fixed = parse_overrides(args.set)
+    if args.data:
+        fixed["data"] = args.data
+    for k, v in fixed.items():
+        raw[k] = v
+    data = raw.get("data")
+    if isinstance(data, str) and not is_name(data):
+        raw["data"] = str(Path(data).expanduser().resolve())  # trials run in another working directory
+    return search_spaces.parse(raw, space.name)
+
+
+def settings_for(args):
+    from tune.search import Settings
+    space = space_with_overrides(args)
+    opt = {k: getattr(args, k) if getattr(args, k) is not None else space.search.get(k, default)
+           for k, default in (("samples", 20), ("max_epochs", space.fixed.get("epochs", 5)),
+                              ("grace_period", 1), ("reduction_factor", 2))}
+    if opt["samples"] < 1 or opt["max_epochs"] < 1 or opt["grace_period"] < 1:
+        raise UsageError("--samples, --max-epochs and --grace-period must be at least 1")
+    if opt["grace_period"] > opt["max_epochs"]:
+        raise UsageError(f"--grace-period {opt['grace_period']} is beyond --max-epochs {opt['max_epochs']}")
+    if opt["reduction_factor"] < 2:
+        raise UsageError("--reduction-factor must be at least 2")
+    if args.concurrent is not None and args.concurrent < 1:
+        raise UsageError("--concurrent must be at least 1")
+    if args.address and not args.storage:
+        raise UsageError("--address needs --storage: a results folder that every node of the cluster sees")
+    name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if not name or "/" in name or name.startswith("."):
+        raise UsageError(f"bad experiment name {name!r}")
+    root = Path(args.storage or args.results).expanduser().resolve()
+    s = Settings(space=space.to_dict(), space_name=space.name, name=name, root=str(root),
+                 seed=args.seed, searcher=args.searcher, scheduler=args.scheduler, concurrent=args.concurrent,
+                 gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
+                 retries=args.retries, address=args.address, **opt)
+    if s.experiment.exists():
+        raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
+                         f"--resume {s.experiment}")
+    return s, space
+
+
+def datasets_of(space) -> list[str]:
+    if "data" in space.params:
+        return list(space.params["data"].args)
+    from trainables.config import FIELDS
+    return [space.fixed.get("data", FIELDS["data"].default)]
+
+
+def main(argv=None):
+    quiet()
+    args = parse_args(argv)
+    if args.list_spaces:
+        import search_spaces
+        print("\n\n".join(search_spaces.describe(search_spaces.load(n)) for n in search_spaces.named()))
+        return 0
+
+    from trainables.data import index, prepare
+    from tune import resources
+    from tune.export import export, print_summary
+    from tune.search import Settings, build_tuner, restore_tuner
+
+    if args.resume:
+        s = Settings.load(Path(args.resume).expanduser().resolve())
+        space = s.parsed_space()
+    else:
+        s, space = settings_for(args)
+    data = datasets_of(space)
+    for d in data:  # a missing dataset stops here, before Ray starts or anything is written
+        index(prepare(d))
+    resources.start_ray(s.address)
+    res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)
+    if s.address:
+        resources.check_shared_storage(s.root)
+        resources.prepare_everywhere(data, stats="normalize" in space.params)
+
+    if args.resume:
+        print(f"resuming {s.experiment}", flush=True)
+        tuner = restore_tuner(s)
+    else:
+        s.experiment.mkdir(parents=True)
+        s.save()
+        tuner = build_tuner(s)
+    print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "
+          f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}\n"
+          f"watch it: tensorboard --logdir {s.experiment}", flush=True)
+    grid = tuner.fit()
+    if grid.errors:
+        print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
+              flush=True)
+    summary = export(s.experiment)
+    print_summary(summary, s.experiment)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(run(main))

@@ -1,0 +1,145 @@
+"""The Tuner: trainable + OptunaSearch (TPE or random) + ASHA + resources + storage under results/<name>/."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+# Read when Tune's controller starts: snapshot the experiment (and so sync TensorBoard events into results/)
+# every 2 s, which also bounds what a killed driver loses,
+# use the classic live table, and stay quiet about the snapshots that checkpoint retention forces.
+os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+import optuna  # noqa: E402
+from ray import tune  # noqa: E402
+from ray.tune import CLIReporter  # noqa: E402
+from ray.tune.schedulers import FIFOScheduler  # noqa: E402
+
+from search_spaces import Space, parse  # noqa: E402
+from trainables.tune_report import tune_trainable  # noqa: E402
+from tune import resources  # noqa: E402
+from tune.cli import UsageError, write_json  # noqa: E402
+from tune.pruning import ResumableASHA, TruthfulOptunaSearch, history_from  # noqa: E402
+
+METRIC, MODE = "accuracy", "max"
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+SETTINGS_FILE = "search.json"
+
+
+@dataclass
+class Settings:
+    """Everything a search needs; saved in results/<name>/search.json so that --resume needs nothing else."""
+    space: dict                  # the space in its file format (search_spaces.Space.to_dict)
+    space_name: str
+    name: str
+    root: str                    # absolute results root; Ray's storage_path
+    samples: int
+    max_epochs: int
+    grace_period: int
+    reduction_factor: int
+    seed: int = 0
+    searcher: str = "tpe"        # tpe | random
+    scheduler: str = "asha"      # asha | none
+    concurrent: int | None = None
+    gpus_per_trial: float | None = None
+    cpus_per_trial: float | None = None
+    retries: int = 0
+    address: str | None = None
+
+    @property
+    def experiment(self) -> Path:
+        return Path(self.root) / self.name
+
+    def parsed_space(self) -> Space:
+        return parse(self.space, self.space_name)
+
+    def save(self) -> None:
+        write_json(self.experiment / SETTINGS_FILE, dataclasses.asdict(self))
+
+    @classmethod
+    def load(cls, experiment: Path) -> "Settings":
+        f = Path(experiment) / SETTINGS_FILE
+        if not f.is_file():
+            raise UsageError(f"{experiment} is not a search started by tune/run.py (no {SETTINGS_FILE})")
+        return cls(**json.loads(f.read_text()))
+
+
+def domain(dist):
+    """A space distribution as a Ray Tune domain (OptunaSearch turns these into Optuna distributions)."""
+    if dist.kind == "uniform":
+        return tune.uniform(*dist.args)
+    if dist.kind == "loguniform":
+        return tune.loguniform(*dist.args)
+    if dist.kind == "int":
+        lo, hi, step = dist.args
+        return tune.qrandint(lo, hi, step)  # upper bound included
+    return tune.choice(list(dist.args))
+
+
+def param_space(s: Settings) -> dict:
+    space = s.parsed_space()
+    return {**space.fixed, "epochs": s.max_epochs, **{k: domain(d) for k, d in space.params.items()}}
+
+
+def trial_dirname(trial) -> str:
+    return trial.trial_id
+
+
+def searcher(s: Settings) -> TruthfulOptunaSearch:
+    if s.searcher == "tpe":
+        # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
+        sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
+                                             n_startup_trials=min(10, max(3, s.samples // 4)))
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=s.seed)
+    storage = optuna.storages.RDBStorage(f"sqlite:///{s.experiment / 'optuna.db'}")
+    return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs)
+
+
+def scheduler(s: Settings, history: dict | None = None):
+    if s.scheduler == "none":
+        return FIFOScheduler()
+    return ResumableASHA(time_attr="epoch", max_t=s.max_epochs, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, history=history)
+
+
+def progress_table(s: Settings) -> CLIReporter:
+    return CLIReporter(parameter_columns=list(s.parsed_space().params),
+                       metric_columns={"epoch": "epoch", "accuracy": "accuracy", "valid_loss": "valid_loss"},
+                       sort_by_metric=True, max_report_frequency=15,
+                       max_progress_rows=25, max_error_rows=5)
+
+
+def trainable(s: Settings, res: dict):
+    return tune.with_resources(tune.with_parameters(tune_trainable, experiment=str(s.experiment)), res)
+
+
+def build_tuner(s: Settings) -> tune.Tuner:
+    res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)
+    concurrent = s.concurrent or min(resources.slots(res), s.samples)
+    return tune.Tuner(
+        trainable(s, res),
+        param_space=param_space(s),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher(s), scheduler=scheduler(s),
+                                    num_samples=s.samples, max_concurrent_trials=concurrent,
+                                    # a new process per trial: its GPU memory is freed when it ends
+                                    reuse_actors=False, trial_dirname_creator=trial_dirname),
+        run_config=tune.RunConfig(
+            name=s.name, storage_path=s.root, progress_reporter=progress_table(s), verbose=1,
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            failure_config=tune.FailureConfig(max_failures=s.retries)),
+    )
+
+
+def restore_tuner(s: Settings) -> tune.Tuner:
+    """The interrupted search: finished and errored trials kept as they are, unfinished ones resumed from
+    their last checkpoint, the searcher and its Optuna study continued, ASHA's rungs rebuilt."""
+    tuner = tune.Tuner.restore(str(s.experiment),
+                               trainable(s, resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)))
+    # Tuner.restore takes no scheduler; the pickled one has empty rungs, so swap in the rebuilt one
+    tuner._local_tuner._tune_config.scheduler = scheduler(s, history_from(s.experiment, METRIC))
+    return tuner
