@@ -12,21 +12,34 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from tune.cli import UsageError
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
 def start_ray(address: str | None) -> None:
+    """Local Ray, or join a cluster; trials' output stays in their logs, the driver shows the live table."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
+        import search_spaces
+        import trainables
+        import tune
+        # other nodes get the project's code from here, whether or not it is installed there
+        env = {"py_modules": [str(Path(m.__file__).parent) for m in (trainables, search_spaces, tune)]}
         try:
-            ray.init(address=address, log_to_driver=False)
+            ray.init(address=address, log_to_driver=False, runtime_env=env)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UsageError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
     else:
-        # trials' output stays in their logs: the driver shows the live table only
-        ray.init(include_dashboard=False, log_to_driver=False)
+        path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
 def totals() -> tuple[float, float]:
-    r = ray.cluster_resources()
-    return r.get("CPU", 0.0), r.get("GPU", 0.0)
+    """(CPUs, GPUs) of the cluster once Ray runs; before that, of this machine (what a local Ray will see)."""
+    if ray.is_initialized():
+        r = ray.cluster_resources()
+        return r.get("CPU", 0.0), r.get("GPU", 0.0)
+    import torch
+    return float(os.cpu_count() or 1), float(torch.cuda.device_count())
 
 
 def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None) -> dict:

@@ -111,7 +111,7 @@ def main(argv=None):
 
     from trainables.data import index, prepare
     from tune import resources
-    from tune.export import export, print_summary
+    from tune.export import ExportError, export, print_summary
     from tune.search import Settings, build_tuner, restore_tuner
 
     if args.resume:
@@ -122,6 +122,8 @@ def main(argv=None):
     data = datasets_of(space)
     for d in data:  # a missing dataset stops here, before Ray starts or anything is written
         index(prepare(d))
+    if not s.address:
+        resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)  # asks for what this machine has?
     resources.start_ray(s.address)
     res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)
     if s.address:
@@ -142,7 +144,11 @@ def main(argv=None):
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)
-    summary = export(s.experiment)
+    try:
+        summary = export(s.experiment)
+    except ExportError as e:
+        print(f"nothing to export: {e}", file=sys.stderr)
+        return 1
     print_summary(summary, s.experiment)
     return 0
 

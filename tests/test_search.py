@@ -1,0 +1,204 @@
+"""tune/run.py as a user runs it: real Ray, Optuna and fastai on tiny generated data, on the CPU."""
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import ROOT
+
+RUN = [sys.executable, str(ROOT / "tune" / "run.py")]
+FAST = ["--data", "synthetic:train=20,val=10,px=64,seed=3"]
+
+
+def run(args, cwd, timeout=600):
+    return subprocess.run(RUN + args, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
+def study(exp: Path):
+    storage = optuna.storages.RDBStorage(f"sqlite:///{exp / 'optuna.db'}")
+    return optuna.load_study(study_name=exp.name, storage=storage)
+
+
+def trial_dirs(exp: Path):
+    return sorted(p.parent for p in exp.glob("*/params.json"))
+
+
+def results_of(trial: Path):
+    return [json.loads(line) for line in (trial / "result.json").read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    """One smoke search shared by the checks below (it is the expensive part)."""
+    root = tmp_path_factory.mktemp("results")
+    r = run(["--space", "smoke", "--samples", "8", "--name", "smoke", "--results", str(root)], root)
+    return r, root / "smoke"
+
+
+def test_smoke_search_completes_and_exports(smoke):
+    r, exp = smoke
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"tensorboard --logdir {exp}" in r.stdout
+    assert "best:" in r.stdout and "best_config.json" in r.stdout
+    assert len(trial_dirs(exp)) == 8
+    best = json.loads((exp / "best_config.json").read_text())
+    from trainables.config import FIELDS, TrainConfig
+    assert set(best["config"]) == set(FIELDS)
+    TrainConfig.from_dict(best["config"])
+    assert best["provenance"]["status"] == "completed" and best["provenance"]["epochs_trained"] == 4
+    rows = (exp / "leaderboard.csv").read_text().splitlines()
+    assert len(rows) == 1 + 8 and rows[0].startswith("trial_id,status,epochs,accuracy")
+
+
+def test_asha_stops_trials_and_optuna_records_them_pruned_with_intermediate_values(smoke):
+    _, exp = smoke
+    trials = study(exp).trials
+    assert len(trials) == 8
+    pruned = [t for t in trials if t.state.name == "PRUNED"]
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    assert pruned and complete
+    for t in pruned:
+        assert t.intermediate_values and max(t.intermediate_values) < 4
+        assert t.value == t.intermediate_values[max(t.intermediate_values)]
+    for t in complete:
+        assert sorted(t.intermediate_values) == [1, 2, 3] or sorted(t.intermediate_values) == [1, 2, 3, 4]
+    # Ray's folders agree with the study on how far each trial got
+    epochs = {d.name: len(results_of(d)) for d in trial_dirs(exp)}
+    for t in trials:
+        assert epochs[t.user_attrs["ray_trial_id"]] == (4 if t.state.name == "COMPLETE" else max(t.intermediate_values))
+
+
+def test_every_trial_has_tensorboard_accuracy_per_epoch_and_hparams(smoke):
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    _, exp = smoke
+    searched = {"lr", "mixup_alpha", "label_smoothing", "resize_start", "resize_frac"}
+    for d in trial_dirs(exp):
+        accuracy, hparams = [], set()
+        for f in d.glob("events.out.tfevents.*"):
+            for event in EventFileLoader(str(f)).Load():
+                for v in event.summary.value:
+                    if v.tag == "ray/tune/accuracy":
+                        accuracy.append(event.step)
+                    if v.tag == "_hparams_/session_start_info":
+                        hparams |= set(HParamsPluginData.FromString(v.metadata.plugin_data.content)
+                                       .session_start_info.hparams)
+        assert len(accuracy) == len(results_of(d)) >= 1
+        assert searched <= hparams
+
+
+def test_existing_name_needs_resume_and_nothing_is_touched(smoke, tmp_path):
+    _, exp = smoke
+    before = sorted(p.name for p in exp.iterdir())
+    r = run(["--space", "smoke", "--name", "smoke", "--results", str(exp.parent)], tmp_path)
+    assert r.returncode == 2 and "already exists" in r.stderr and "--resume" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in exp.iterdir()) == before
+
+
+def test_a_trial_that_raises_is_recorded_and_the_rest_finish(tmp_path):
+    space = tmp_path / "flaky.yaml"
+    # fp16 needs a GPU: those trials raise inside the trainable, as a CUDA out-of-memory would
+    space.write_text("search: {samples: 4, max_epochs: 2, grace_period: 2}\narch: tiny\nsize: 32\nbs: 16\nworkers: 0\n"
+                     "tta: false\nprecision: {choice: [fp32, fp16]}\nlr: {loguniform: [1.0e-3, 1.0e-2]}\n")
+    r = run(["--space", str(space), "--name", "flaky", "--results", str(tmp_path), *FAST, "--seed", "1"], tmp_path)
+    exp = tmp_path / "flaky"
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = {d.name: json.loads((d / "params.json").read_text())["precision"] for d in trial_dirs(exp)}
+    assert set(rows.values()) == {"fp32", "fp16"}, "the seeded sampler should try both"
+    for name, precision in rows.items():
+        errored = (exp / name / "error.txt").is_file()
+        assert errored == (precision == "fp16")
+        if not errored:
+            assert len(results_of(exp / name)) == 2
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study(exp).trials}
+    assert {states[n] for n, p in rows.items() if p == "fp16"} == {"FAIL"}
+    assert "trial(s) failed" in r.stdout
+    lb = (exp / "leaderboard.csv").read_text()
+    assert "errored" in lb and "needs a CUDA GPU" in lb
+
+
+def test_killed_search_resumes_without_retraining(tmp_path):
+    """SIGKILL the driver mid-search, then --resume: every trial runs once, finished ones are not trained again."""
+    args = ["--space", "smoke", "--samples", "7", "--name", "killed", "--results", str(tmp_path), *FAST]
+    exp = tmp_path / "killed"
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        deadline = time.time() + 300
+        done = 0
+        while time.time() < deadline and p.poll() is None:
+            time.sleep(0.5)
+            try:
+                with sqlite3.connect(exp / "optuna.db") as c:
+                    done = c.execute("select count(*) from trials where state in ('COMPLETE','PRUNED')").fetchone()[0]
+            except sqlite3.Error:
+                continue
+            if done >= 3:
+                break
+        assert done >= 3 and p.poll() is None, "the search should be mid-way when killed"
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)   # the driver and the local Ray it started
+        p.wait()
+    # TensorBoard reads results/ while the search runs: finished trials' curves are there already
+    assert any(d.glob("events.out.tfevents.*") for d in exp.iterdir() if d.is_dir())
+    # what the trials had saved when the driver died: epoch -> seconds it took
+    saved = {}
+    for d in exp.iterdir():
+        for ck in d.glob("checkpoint_*/state.json"):
+            for m in json.loads(ck.read_text())["history"]:
+                saved.setdefault(d.name, {})[m["epoch"]] = m["epoch_s"]
+
+    r = run(["--resume", str(exp)], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    dirs = trial_dirs(exp)
+    assert len(dirs) == 7
+    for d in dirs:
+        rows = results_of(d)
+        assert [m["epoch"] for m in rows] == list(range(1, len(rows) + 1)), d.name   # each epoch once
+        for m in rows:   # an epoch saved before the kill is replayed, not trained again
+            if m["epoch"] in saved.get(d.name, {}):
+                assert m["epoch_s"] == saved[d.name][m["epoch"]]
+    states = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study(exp).trials}
+    assert all(states[d.name] in ("COMPLETE", "PRUNED") for d in dirs)
+    assert "RUNNING" not in states.values()
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--space", "nonexistent"], "unknown space 'nonexistent'"),
+    (["--space", "MALFORMED"], "malformed"),
+    (["--space", "UNKNOWNKEY"], "unknown config key 'learning_rate'"),
+    (["--space", "smoke", "--gpus-per-trial", "1"], "has none"),
+    (["--space", "smoke", "--grace-period", "9"], "beyond --max-epochs"),
+    (["--space", "smoke", "--set", "mixup_alpha=-2"], "mixup_alpha"),
+    (["--space", "smoke", "--data", "/not/a/folder"], "data folder not found"),
+    (["--space", "smoke", "--address", "auto"], "--storage"),
+    (["--resume", "/not/an/experiment"], "not a search"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
+    (tmp_path / "malformed.yaml").write_text("lr: [1, 2\n")
+    (tmp_path / "unknown.yaml").write_text("learning_rate: {uniform: [0, 1]}\n")
+    args = [{"MALFORMED": str(tmp_path / "malformed.yaml"),
+             "UNKNOWNKEY": str(tmp_path / "unknown.yaml")}.get(a, a) for a in args]
+    root = tmp_path / "res"
+    r = run(args + ["--results", str(root), "--name", "x"], tmp_path)
+    assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
+    assert not root.exists()
+
+
+def test_list_spaces(tmp_path):
+    r = run(["--list-spaces"], tmp_path)
+    assert r.returncode == 0
+    for name in ("smoke", "small", "full"):
+        assert f"\n{name}:" in "\n" + r.stdout
+    assert "mixup_alpha" in r.stdout and "loguniform" in r.stdout
