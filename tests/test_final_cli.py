@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import ROOT, TINY_DATA
 
@@ -68,3 +69,41 @@ def test_help_lists_every_config_key(tmp_path):
     assert r.returncode == 0
     for key in ("mixup_alpha", "label_smoothing", "resize_start", "resize_frac", "normalize", "tta"):
         assert key in r.stdout
+
+
+def test_exported_learner_predicts_class_names_and_reproduces_the_reported_accuracy(tmp_path):
+    from fastai.learner import load_learner
+    from fastai.metrics import accuracy
+    from trainables.data import CLASS_NAMES, prepare
+    out = tmp_path / "out"
+    r = run(["--set", f"data={TINY_DATA}", "--set", "arch=tiny", "--set", "size=32", "--set", "bs=16",
+             "--set", "workers=0", "--epochs", "2", "--out", str(out)], tmp_path)
+    assert r.returncode == 0, r.stderr
+    learn = load_learner(out / "learner.pkl")
+    names = sorted(CLASS_NAMES[p.name] for p in (prepare(TINY_DATA) / "val").iterdir())
+    assert list(learn.dls.vocab) == names and "tench" in names
+    val = sorted((prepare(TINY_DATA) / "val").glob("*/*.JPEG"))
+    label, _, probs = learn.predict(val[0])
+    assert label in names and abs(float(probs.sum()) - 1) < 1e-4
+    preds, _ = learn.get_preds(dl=learn.dls.test_dl(val))
+    targs = torch.tensor([names.index(CLASS_NAMES[p.parent.name]) for p in val])
+    m = json.loads((out / "metrics.json").read_text())
+    assert float(accuracy(preds, targs)) == pytest.approx(m["accuracy"], abs=1e-6)
+
+
+def test_repeats_report_mean_and_std_and_the_same_seed_repeats_exactly(tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps({"data": TINY_DATA, "arch": "tiny", "size": 32, "bs": 16, "workers": 0,
+                               "epochs": 2, "tta": False}))
+    r = run([str(cfg), "--repeats", "2", "--out", str(tmp_path / "rep")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    agg = json.loads((tmp_path / "rep" / "metrics.json").read_text())
+    assert [x["seed"] for x in agg["runs"]] == [42, 43] and agg["repeats"] == 2
+    accs = [x["accuracy"] for x in agg["runs"]]
+    assert agg["accuracy_mean"] == pytest.approx(sum(accs) / 2) and agg["accuracy_std"] >= 0
+    assert "±" in r.stdout
+    again = run([str(cfg), "--out", str(tmp_path / "again")], tmp_path)
+    one = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    first = json.loads((tmp_path / "rep" / "seed-42" / "metrics.json").read_text())
+    strip = lambda h: [{k: v for k, v in e.items() if k not in ("epoch_s", "images_per_s")} for e in h]  # noqa: E731
+    assert strip(one["history"]) == strip(first["history"])

@@ -202,3 +202,49 @@ def test_list_spaces(tmp_path):
     for name in ("smoke", "small", "full"):
         assert f"\n{name}:" in "\n" + r.stdout
     assert "mixup_alpha" in r.stdout and "loguniform" in r.stdout
+
+
+def test_report_has_real_plots(smoke):
+    import numpy as np
+    from PIL import Image
+    _, exp = smoke
+    report = (exp / "report.md").read_text()
+    for name in ("learning_curves", "optimization_history", "accuracy_by_parameter", "parallel_coordinates",
+                 "parameter_importance"):
+        assert f"(report/{name}.png)" in report, name
+        img = np.asarray(Image.open(exp / "report" / f"{name}.png").convert("L"), dtype=float)
+        assert img.shape[0] >= 300 and img.shape[1] >= 500
+        assert img.std() > 10 and (img < 128).mean() > 0.002   # lines and text, not a blank canvas
+    assert "optuna-dashboard sqlite:///" in report
+
+
+def test_export_again_with_best_ever_scope_and_the_config_round_trips_through_final(smoke, tmp_path):
+    _, exp = smoke
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(exp), "--scope", "all"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    best = json.loads((exp / "best_config.json").read_text())
+    assert best["provenance"]["scope"] == "all"
+    out = tmp_path / "final"
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "final.py"), str(exp / "best_config.json"),
+                        "--epochs", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["config"] == {**best["config"], "epochs": 2}
+    assert m["accuracy_tta"] is not None and len(m["history"]) == 2
+
+
+def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp_path):
+    space = tmp_path / "broken.yaml"
+    space.write_text("search: {samples: 2, max_epochs: 1}\narch: tiny\nsize: 32\nworkers: 0\nprecision: fp16\n"
+                     "lr: {loguniform: [1.0e-3, 1.0e-2]}\n")
+    r = run(["--space", str(space), "--name", "broken", "--results", str(tmp_path), *FAST], tmp_path)
+    assert r.returncode == 1 and "nothing to export" in r.stderr
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(tmp_path / "broken")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["error: no trial reported 'accuracy' yet (2 of 2 errored)"]
+    (tmp_path / "empty").mkdir()
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(tmp_path / "empty")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "no trials" in r.stderr and len(r.stderr.strip().splitlines()) == 1

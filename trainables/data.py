@@ -24,6 +24,16 @@ REAL = {  # our names -> fastai URLs attribute
     "imagewoof": "IMAGEWOOF", "imagewoof-160": "IMAGEWOOF_160", "imagewoof-320": "IMAGEWOOF_320",
 }
 IMAGE_EXTS = {".jpeg", ".jpg", ".png", ".bmp", ".webp"}
+# Imagenette's and Imagewoof's wnids -> the names a prediction should say; other folders keep their names
+CLASS_NAMES = {
+    "n01440764": "tench", "n02102040": "English springer", "n02979186": "cassette player",
+    "n03000684": "chain saw", "n03028079": "church", "n03394916": "French horn", "n03417042": "garbage truck",
+    "n03425413": "gas pump", "n03445777": "golf ball", "n03888257": "parachute",
+    "n02086240": "Shih-Tzu", "n02087394": "Rhodesian ridgeback", "n02088364": "beagle",
+    "n02089973": "English foxhound", "n02093754": "Border terrier", "n02096294": "Australian terrier",
+    "n02099601": "golden retriever", "n02105641": "Old English sheepdog", "n02111889": "Samoyed",
+    "n02115641": "dingo",
+}
 INDEX_VERSION = 1
 
 
@@ -52,6 +62,12 @@ def _atomic_dir(final: Path, build) -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+def class_name(path) -> str:
+    """The label of an image file: its folder's class name (a fastai get_y, picklable with the learner)."""
+    folder = Path(path).parent.name
+    return CLASS_NAMES.get(folder, folder)
 
 
 def is_name(data: str) -> bool:
@@ -167,7 +183,7 @@ def index(root: Path) -> DatasetIndex:
         print(f"warning: skipping {len(skipped)} unreadable image(s) in {root}: {shown}", flush=True)
     files = [rel for rel, _ in listing if rel not in skipped]
     parts = [Path(f).parts for f in files]
-    idx = DatasetIndex(root, files, [p[1] for p in parts], [p[0] == "val" for p in parts], sorted(skipped))
+    idx = DatasetIndex(root, files, [class_name(f) for f in files], [p[0] == "val" for p in parts], sorted(skipped))
     for name, part in (("train", False), ("val", True)):
         if part not in idx.is_valid:
             raise DataError(f"no readable images in {root}/{name}")

@@ -9,7 +9,7 @@ from fastai.callback.channelslast import ChannelsLast
 from fastai.callback.fp16 import AMPMode, MixedPrecision
 from fastai.callback.mixup import MixUp
 from fastai.data.block import CategoryBlock, DataBlock
-from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize, parent_label
+from fastai.data.transforms import IndexSplitter, IntToFloatTensor, Normalize
 from fastai.layers import AdaptiveAvgPool, ConvLayer, Flatten, Mish, ResBlock
 from fastai.learner import Learner
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
@@ -21,7 +21,7 @@ from fastai.vision.data import ImageBlock, imagenet_stats
 from torch import nn
 
 from .config import ConfigError, TrainConfig
-from .data import DatasetIndex, dataset_stats
+from .data import DatasetIndex, class_name, dataset_stats
 
 OPTIMIZERS = {"adam": Adam, "ranger": ranger, "sgd": partial(SGD, mom=0.9), "lamb": Lamb}
 ACTS = {"relu": nn.ReLU, "mish": Mish}
@@ -79,7 +79,7 @@ def build_dls(cfg: TrainConfig, idx: DatasetIndex):
     items = [idx.root / f for f in idx.files]
     order = train_i + valid_i
     stats = norm_stats(cfg, idx)
-    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=idx.classes)), get_y=parent_label,
+    block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=idx.classes)), get_y=class_name,
                       splitter=IndexSplitter(range(len(train_i), len(order))),
                       item_tfms=Resize(presize(cfg.size)), batch_tfms=batch_tfms(cfg, cfg.size, stats))
     workers = auto_workers() if cfg.workers is None else cfg.workers

@@ -22,8 +22,6 @@ from PIL import Image, ImageFilter
 # The real Imagenette classes, in the sorted-wnid order fastai's category vocab uses.
 WNIDS = ("n01440764", "n02102040", "n02979186", "n03000684", "n03028079",
          "n03394916", "n03417042", "n03425413", "n03445777", "n03888257")
-CLASS_NAMES = ("tench", "English springer", "cassette player", "chain saw", "church",
-               "French horn", "garbage truck", "gas pump", "golf ball", "parachute")
 NOISE_LEVELS = (1, 5, 25, 50)  # percent of training labels changed in noisy_imagenette.csv's columns
 TEXTURE_OF_CLASS = (3, 7, 0, 5, 9, 1, 6, 2, 8, 4)  # class c: shape c with this texture
 

@@ -2,7 +2,8 @@
 
 Reads only the experiment folder (trials' params.json and result.json, the Optuna study), so it works on
 a finished, interrupted or resumed search, with or without Ray running. Writes best_config.json (every
-config key plus provenance, ready for tune/final.py) and leaderboard.csv (one row per trial).
+config key plus provenance, ready for tune/final.py), leaderboard.csv (one row per trial) and report.md
+with plots (report/*.png).
 """
 from __future__ import annotations
 
@@ -66,23 +67,20 @@ def _results(folder: Path) -> list:
     return sorted(rows, key=lambda r: r["epoch"])
 
 
-def optuna_states(experiment: Path) -> dict:
-    """{ray trial id: (Optuna state, Optuna trial number)} from the study, when there is one."""
+def load_study(experiment: Path):
+    """The search's Optuna study, or None for an experiment without one."""
     db = experiment / "optuna.db"
     if not db.is_file():
-        return {}
+        return None
     import optuna
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-    out = {}
-    for summary in optuna.get_all_study_summaries(storage):
-        for t in optuna.load_study(study_name=summary.study_name, storage=storage).get_trials(deepcopy=False):
-            if "ray_trial_id" in t.user_attrs:
-                out[t.user_attrs["ray_trial_id"]] = (t.state.name, t.number)
-    return out
+    names = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=experiment.name if experiment.name in names else names[0],
+                             storage=storage) if names else None
 
 
-def load_trials(experiment: Path) -> list[Trial]:
+def load_trials(experiment: Path, study=None) -> list[Trial]:
     from trainables.config import ConfigError, TrainConfig
     from search_spaces import parse
     experiment = Path(experiment)
@@ -90,7 +88,8 @@ def load_trials(experiment: Path) -> list[Trial]:
         raise ExportError(f"no experiment folder at {experiment}")
     settings = json.loads((experiment / "search.json").read_text()) if (experiment / "search.json").is_file() else {}
     searched = set(parse(settings["space"], settings["space_name"]).params) if settings else set()
-    states = optuna_states(experiment)
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in (study.trials if study else [])
+              if "ray_trial_id" in t.user_attrs}
     trials = []
     for params_file in sorted(experiment.glob("*/params.json")):
         folder = params_file.parent
@@ -102,7 +101,7 @@ def load_trials(experiment: Path) -> list[Trial]:
         t = Trial(trial_id=folder.name, folder=folder, config=config,
                   params={k: raw[k] for k in raw if k in searched}, history=_results(folder))
         err = folder / "error.txt"
-        state = states.get(t.trial_id, (None,))[0]
+        state = states.get(t.trial_id)
         if err.is_file() or state == "FAIL":
             t.status = "errored"
             t.error = err.read_text().strip().splitlines()[-1] if err.is_file() else "failed"
@@ -145,8 +144,10 @@ def write_leaderboard(trials: list[Trial], path: Path, metric: str = "accuracy")
 
 def export(experiment: Path, metric: str = "accuracy", scope: str = "last") -> dict:
     from trainables.provenance import git_commit, versions
+    from tune.report import write_report
     experiment = Path(experiment).resolve()
-    trials = load_trials(experiment)
+    study = load_study(experiment)
+    trials = load_trials(experiment, study)
     write_leaderboard(trials, experiment / "leaderboard.csv")
     best, how = pick_best(trials, metric, scope)
     counts = {s: sum(t.status == s for t in trials) for s in ("completed", "pruned", "errored", "unfinished")}
@@ -157,6 +158,7 @@ def export(experiment: Path, metric: str = "accuracy", scope: str = "last") -> d
         "versions": versions(), "git_commit": git_commit(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(experiment / "best_config.json", {"config": best.config, "provenance": provenance})
+    write_report(experiment, trials, best, provenance, study)
     return {"best": best, "provenance": provenance, "trials": trials}
 
 
@@ -167,7 +169,7 @@ def print_summary(summary: dict, experiment: Path) -> None:
           f"{p['value']:.4f} after {p['epochs_trained']} epochs ({p['chosen_from']})")
     for k, v in sorted(best.params.items()):
         print(f"  {k:<16} {v:.4g}" if isinstance(v, float) else f"  {k:<16} {v}")
-    print(f"wrote {experiment}/best_config.json and leaderboard.csv\n"
+    print(f"wrote {experiment}/best_config.json, leaderboard.csv and report.md\n"
           f"train it longer: python tune/final.py {experiment}/best_config.json --epochs N\n"
           f"compare trials:  tensorboard --logdir {experiment}", flush=True)
 
