@@ -1,10 +1,12 @@
 """tune/run.py as a user runs it: real Ray, Optuna and fastai on tiny generated data, on the CPU."""
 import json
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -248,3 +250,27 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(tmp_path / "empty")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "no trials" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_search_on_a_running_ray_cluster(tmp_path):
+    """--address joins a cluster started with `ray start`: the code ships to its workers, storage is checked."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the test cluster's own setting; real ones use tokens
+    ray = str(Path(sys.executable).parent / "ray")
+    temp = tempfile.mkdtemp(prefix="rt")   # short: Ray's socket paths must fit in 107 characters
+    subprocess.run([ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false", f"--port={port}",
+                    f"--temp-dir={temp}"], env=env, check=True, capture_output=True, timeout=120)
+    try:
+        r = subprocess.run(RUN + ["--space", "smoke", "--samples", "2", "--name", "cl", "--address",
+                                  f"127.0.0.1:{port}", "--storage", str(tmp_path / "shared"), *FAST],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "shared" / "cl"
+    assert len(trial_dirs(exp)) == 2 and (exp / "best_config.json").is_file()
+    assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up

@@ -1,0 +1,37 @@
+"""What every benchmark shares: the project on the path, the real photos if present, JSON results with the machine."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+# Real Imagenette photos sit beside the project on the machines that build it; users pass their own.
+REAL_DATA = Path(os.environ.get("IMAGENETTE_REAL", ROOT.parent / "shared" / "data" / "imagenette2-224sq"))
+
+
+def save(name: str, payload: dict) -> Path:
+    from trainables.provenance import git_commit, machine, versions
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    payload = {"benchmark": name, "machine": machine(), "date": time.strftime("%Y-%m-%d"),
+               "git_commit": git_commit(), "versions": versions(), **payload}
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(f"wrote {out}")
+    return out
+
+
+def real_subset(dst: Path, n_train: int, n_val: int) -> Path:
+    """Links to the first n images of each class of the real photos, in the Imagenette layout."""
+    for split, n in (("train", n_train), ("val", n_val)):
+        for wnid in sorted(os.listdir(REAL_DATA / split)):
+            (dst / split / wnid).mkdir(parents=True, exist_ok=True)
+            for f in sorted(os.listdir(REAL_DATA / split / wnid))[:n]:
+                link = dst / split / wnid / f
+                if not link.exists():
+                    os.symlink(REAL_DATA / split / wnid / f, link)
+    return dst
