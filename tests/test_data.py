@@ -81,6 +81,29 @@ def test_concurrent_preparation_generates_once(tmp_path):
     assert (root / "noisy_imagenette.csv").is_file()
 
 
+CACHE_RACE = """
+import sys
+sys.path.insert(0, {root!r})
+from trainables.data import index, prepare, tensor_cache
+arr = tensor_cache(index(prepare({name!r})), 40)
+print("SHAPE", arr.shape, int(arr[-1].sum()))
+"""
+
+
+def test_concurrent_trials_build_the_tensor_cache_once(tmp_path):
+    name = "synthetic:train=6,val=2,px=64,seed=5"
+    env = {**os.environ, "IMAGENETTE_TUNE_HOME": str(tmp_path)}
+    code = CACHE_RACE.format(root=str(ROOT), name=name)
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert sum(o.count("decoding") for o in outs) == 1
+    shapes = {line for o in outs for line in o.splitlines() if line.startswith("SHAPE")}
+    assert len(shapes) == 1 and "(80, 40, 40, 3)" in shapes.pop()
+    assert not list((tmp_path / "tensors").glob(".*partial"))
+
+
 def test_missing_and_malformed_folders_are_clear_errors(tmp_path):
     with pytest.raises(DataError, match="not found"):
         prepare(str(tmp_path / "nope"))

@@ -63,8 +63,12 @@ def test_reports_every_epoch_with_every_metric(tiny_cfg):
     assert "accuracy_tta" not in rep.metrics[-1]
 
 
-def test_progressive_resizing_trains_small_then_large_and_always_validates_at_final_size(tiny_cfg):
-    cfg = tiny_cfg.replace(size=48, resize_start=24, resize_frac=0.5, epochs=4)
+PIPELINES = pytest.mark.parametrize("pipeline", ["fastai", "tensor"])
+
+
+@PIPELINES
+def test_progressive_resizing_trains_small_then_large_and_always_validates_at_final_size(tiny_cfg, pipeline):
+    cfg = tiny_cfg.replace(size=48, resize_start=24, resize_frac=0.5, epochs=4, pipeline=pipeline)
     rep, shapes = Collect(), Shapes()
     train(cfg, [rep], cbs=[shapes])
     assert [m["size"] for m in rep.metrics] == [24, 24, 48, 48]
@@ -90,9 +94,10 @@ def test_one_schedule_spans_all_epochs_across_the_size_switch(tiny_cfg, schedule
         assert peak / len(lrs) < 0.05 and lrs[len(lrs) // 2] == pytest.approx(1e-2)  # flat, then cosine
 
 
-def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tiny_cfg, tmp_path):
+@PIPELINES
+def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tiny_cfg, tmp_path, pipeline):
     cfg = tiny_cfg.replace(epochs=4, size=48, resize_start=32, resize_frac=0.5, mixup_alpha=0.4,
-                           label_smoothing=0.1, tta=True)
+                           label_smoothing=0.1, tta=True, pipeline=pipeline)
     full = Collect(save_at=2, folder=tmp_path)
     train(cfg, [full])
     resumed = Collect()
@@ -103,7 +108,9 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tiny_cfg,
     assert res.accuracy_tta == full.metrics[-1]["accuracy_tta"]
 
 
-def test_same_seed_same_metrics_and_another_seed_differs(tiny_cfg):
+@PIPELINES
+def test_same_seed_same_metrics_and_another_seed_differs(tiny_cfg, pipeline):
+    tiny_cfg = tiny_cfg.replace(pipeline=pipeline)
     a, b, c = Collect(), Collect(), Collect()
     train(tiny_cfg, [a])
     train(tiny_cfg, [b])
@@ -112,7 +119,9 @@ def test_same_seed_same_metrics_and_another_seed_differs(tiny_cfg):
     assert deterministic(a.metrics) != deterministic(c.metrics)
 
 
-def test_mixup_and_label_smoothing_on_and_off(tiny_cfg):
+@PIPELINES
+def test_mixup_and_label_smoothing_on_and_off(tiny_cfg, pipeline):
+    tiny_cfg = tiny_cfg.replace(pipeline=pipeline)
     plain = train(tiny_cfg)
     assert isinstance(plain.learn.loss_func, CrossEntropyLossFlat)
     assert not any(isinstance(cb, MixUp) for cb in plain.learn.cbs)
@@ -124,32 +133,38 @@ def test_mixup_and_label_smoothing_on_and_off(tiny_cfg):
     assert plain.history[0]["train_loss"] != mixed.history[0]["train_loss"]
 
 
+@PIPELINES
 @pytest.mark.parametrize("normalize", ["imagenet", "dataset", "none"])
-def test_normalization_choices(tiny_cfg, normalize):
-    res = train(tiny_cfg.replace(epochs=1, normalize=normalize))
-    norms = [t for t in res.learn.dls.train.after_batch.fs if isinstance(t, Normalize)]
+def test_normalization_choices(tiny_cfg, normalize, pipeline):
+    res = train(tiny_cfg.replace(epochs=1, normalize=normalize, pipeline=pipeline))
+    xb, _ = res.learn.dls.valid.one_batch()
+    if pipeline == "tensor":
+        mean = None if res.learn.dls.train.stats is None else list(res.learn.dls.train.stats[0])
+    else:
+        norms = [t for t in res.learn.dls.train.after_batch.fs if isinstance(t, Normalize)]
+        mean = norms[0].mean.flatten().tolist() if norms else None
     if normalize == "none":
-        assert not norms
+        assert mean is None and 0 <= float(xb.min()) and float(xb.max()) <= 1
         return
-    mean = norms[0].mean.flatten().tolist()
     if normalize == "imagenet":
         assert mean == pytest.approx([0.485, 0.456, 0.406])
     else:
         want, _ = dataset_stats(index(prepare(tiny_cfg.data)))
         assert mean == pytest.approx(want) and mean != pytest.approx([0.485, 0.456, 0.406], abs=1e-3)
-    xb, _ = res.learn.dls.valid.one_batch()
-    assert abs(float(xb.mean())) < 1.5
+    assert abs(float(xb.mean())) < 1.5 and float(xb.min()) < 0
 
 
-def test_tta_is_reported_on_the_last_epoch(tiny_cfg):
+@PIPELINES
+def test_tta_is_reported_on_the_last_epoch(tiny_cfg, pipeline):
     rep = Collect()
-    res = train(tiny_cfg.replace(tta=True), [rep])
+    res = train(tiny_cfg.replace(tta=True, pipeline=pipeline), [rep])
     assert "accuracy_tta" not in rep.metrics[0]
     assert rep.metrics[-1]["accuracy_tta"] == res.accuracy_tta and 0 <= res.accuracy_tta <= 1
 
 
-def test_random_split_holds_out_a_fifth_of_all_images(tiny_cfg):
-    res = train(tiny_cfg.replace(split="random", epochs=1))
+@PIPELINES
+def test_random_split_holds_out_a_fifth_of_all_images(tiny_cfg, pipeline):
+    res = train(tiny_cfg.replace(split="random", epochs=1, pipeline=pipeline))
     n_train, n_valid = len(res.learn.dls.train_ds), len(res.learn.dls.valid_ds)
     assert n_valid == int(0.2 * (n_train + n_valid))
 
@@ -173,3 +188,21 @@ def test_xresnet_family_builds_for_ten_classes(tiny_cfg, arch):
     from trainables.learner import make_model
     out = make_model(tiny_cfg.replace(arch=arch), 10)(torch.randn(2, 3, 32, 32))
     assert out.shape == (2, 10)
+
+
+def test_tensor_path_validates_the_same_images_as_fastai(tiny_cfg):
+    """Both paths show validation the whole centre square of each image at the final size."""
+    fa = train(tiny_cfg.replace(epochs=1, normalize="none", size=48)).learn.dls.valid
+    te = train(tiny_cfg.replace(epochs=1, normalize="none", size=48, pipeline="tensor")).learn.dls.valid
+    (xa, ya), (xt, yt) = fa.one_batch(), te.one_batch()
+    assert xa.shape == xt.shape and torch.equal(ya.cpu(), yt.cpu())
+    assert float((xa - xt).abs().mean()) < 0.05     # resampling differs a little; the content does not
+
+
+def test_tensor_augmentation_changes_train_batches_not_validation(tiny_cfg):
+    dl = train(tiny_cfg.replace(epochs=1, pipeline="tensor")).learn.dls
+    idx = torch.arange(8)
+    a, b = dl.train.make_batch(idx)[0], dl.train.make_batch(idx)[0]
+    assert not torch.equal(a, b)
+    v1, v2 = dl.valid.make_batch(idx)[0], dl.valid.make_batch(idx)[0]
+    assert torch.equal(v1, v2)

@@ -56,6 +56,9 @@ class TrainConfig:
     tta: bool = knob(True, "also evaluate with test-time augmentation after the last epoch")
     precision: str = knob("auto", "auto = bf16 on a GPU that has it, else fp32",
                           choices=("auto", "fp32", "bf16", "fp16"))
+    pipeline: str = knob("fastai", "data path: fastai's (PIL per image, the reference) or tensor (a uint8 cache "
+                         "augmented by the batch on the model's device)", choices=("fastai", "tensor"))
+    compile: bool = knob(False, "torch.compile the model; pays for its compile time only in long GPU runs")
     seed: int = knob(42, "seed for weights, data order and augmentation", low=0, high=2**32 - 1)
     workers: typing.Optional[int] = knob(None, "data loader processes; None = one per CPU given (at most 8)",
                                          low=0, high=256)

@@ -209,6 +209,54 @@ def dataset_stats(idx: DatasetIndex, n: int = 512, size: int = 64) -> tuple[list
     return mean, std
 
 
+def _decode_into(args) -> None:
+    """Decode images[lo:hi] into the cache file: short side to `px`, centre square (fastai's valid-time Resize)."""
+    from PIL import Image
+    path, files, lo, px = args
+    import numpy as np
+    out = np.lib.format.open_memmap(path, mode="r+")
+    for i, f in enumerate(files):
+        im = Image.open(f)
+        im.draft("RGB", (px, px))  # JPEG decodes at a reduced scale when the image is much larger
+        im = im.convert("RGB")
+        w, h = im.size
+        k = px / min(w, h)
+        im = im.resize((max(px, round(w * k)), max(px, round(h * k))), Image.BILINEAR)
+        left, top = (im.width - px) // 2, (im.height - px) // 2
+        out[lo + i] = np.asarray(im.crop((left, top, left + px, top + px)))
+    out.flush()
+
+
+def tensor_cache(idx: DatasetIndex, px: int):
+    """Every image of the index decoded once into a uint8 [N, px, px, 3] array, memory-mapped read-only.
+
+    One file per dataset and size, built under the dataset's lock and renamed into place, so every
+    trial on a node shares it (through the page cache) and none sees it half-written.
+    """
+    import numpy as np
+    from concurrent.futures import ProcessPoolExecutor
+
+    key = hashlib.sha1(json.dumps([str(idx.root), idx.files]).encode()).hexdigest()[:16]
+    final = data_home() / "tensors" / f"{key}-{px}.npy"
+    if not final.is_file():
+        with _lock(f"tensors-{key}-{px}"):
+            if not final.is_file():
+                print(f"decoding {len(idx.files)} images of {idx.root} at {px} px into {final} ...", flush=True)
+                final.parent.mkdir(parents=True, exist_ok=True)
+                tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
+                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(idx.files), px, px, 3)).flush()
+                files = [str(idx.root / f) for f in idx.files]
+                step = max(64, len(files) // (4 * (os.cpu_count() or 1)))
+                jobs = [(str(tmp), files[i:i + step], i, px) for i in range(0, len(files), step)]
+                try:
+                    with ProcessPoolExecutor(min(os.cpu_count() or 1, 8)) as ex:
+                        list(ex.map(_decode_into, jobs))
+                    os.replace(tmp, final)
+                finally:
+                    tmp.unlink(missing_ok=True)
+    return np.load(final, mmap_mode="r")
+
+
 def _read_json(p: Path):
     try:
         return json.loads(p.read_text())

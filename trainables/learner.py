@@ -75,10 +75,13 @@ def build_dls(cfg: TrainConfig, idx: DatasetIndex):
 
     Returns (dls, {size: train_dl}); validation always runs at `cfg.size`.
     """
+    stats = norm_stats(cfg, idx)
+    if cfg.pipeline == "tensor":
+        from .tensor_pipeline import build_tensor_dls
+        return build_tensor_dls(cfg, idx, device(), stats)
     train_i, valid_i = idx.split(cfg.split, cfg.seed)
     items = [idx.root / f for f in idx.files]
     order = train_i + valid_i
-    stats = norm_stats(cfg, idx)
     block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=idx.classes)), get_y=class_name,
                       splitter=IndexSplitter(range(len(train_i), len(order))),
                       item_tfms=Resize(presize(cfg.size)), batch_tfms=batch_tfms(cfg, cfg.size, stats))
@@ -102,6 +105,8 @@ def build_learner(cfg: TrainConfig, dls, cbs=()) -> Learner:
         learn.add_cb(ChannelsLast())
     if precision in ("bf16", "fp16"):
         learn.add_cb(MixedPrecision(amp_mode=AMPMode.BF16 if precision == "bf16" else AMPMode.FP16))
+    if cfg.compile:
+        learn.model.compile()  # in place: the state_dict keeps its keys, so checkpoints stay portable
     return learn
 
 
