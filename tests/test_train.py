@@ -206,3 +206,33 @@ def test_tensor_augmentation_changes_train_batches_not_validation(tiny_cfg):
     assert not torch.equal(a, b)
     v1, v2 = dl.valid.make_batch(idx)[0], dl.valid.make_batch(idx)[0]
     assert torch.equal(v1, v2)
+
+
+class Stop(Reporter):
+    """Raises what Ray raises inside tune.report when ASHA stops a trial."""
+
+    def epoch(self, metrics, save):
+        raise SystemExit(0)
+
+
+class Probe(Callback):
+    """Weak references to what holds a trial's memory: the model's weights and the loaders."""
+
+    def before_fit(self):
+        import weakref
+        self.refs = [weakref.ref(p) for p in self.learn.model.parameters()] + [weakref.ref(self.learn.dls.train)]
+
+
+@PIPELINES
+def test_a_stopped_trial_frees_its_model_and_data_while_the_stop_propagates(tiny_cfg, pipeline):
+    import gc
+    probe = Probe()
+    try:
+        train(tiny_cfg.replace(pipeline=pipeline), [Stop()], cbs=[probe])
+    except SystemExit as e:
+        held = e  # the exception (and its traceback of the trainer's frames) is still alive here
+        gc.collect()
+        assert all(r() is None for r in probe.refs)
+        assert held is not None
+    else:
+        pytest.fail("the trainer should let the stop through")

@@ -158,10 +158,34 @@ def _listing(root: Path) -> list[tuple[str, int]]:
     return sorted(out)
 
 
+def _unreadable(files: list[str]) -> list[str]:
+    """The files PIL cannot decode (at a reduced scale, as fastai's verify_image does)."""
+    from PIL import Image
+    bad = []
+    for f in files:
+        try:
+            with Image.open(f) as im:
+                im.draft(im.mode, (32, 32))
+                im.load()
+        except Exception:  # any decoder error means the same: the file is unusable
+            bad.append(f)
+    return bad
+
+
+def verify_images(files: list[Path]) -> list[str]:
+    """fastai's verify_images, without importing fastai: a search's driver checks data before any trial."""
+    from concurrent.futures import ProcessPoolExecutor
+    files = [str(f) for f in files]
+    step = max(256, len(files) // (4 * (os.cpu_count() or 1)))
+    chunks = [files[i:i + step] for i in range(0, len(files), step)]
+    if len(chunks) == 1:
+        return _unreadable(files)
+    with ProcessPoolExecutor(min(os.cpu_count() or 1, 8)) as ex:
+        return [b for part in ex.map(_unreadable, chunks) for b in part]
+
+
 def index(root: Path) -> DatasetIndex:
     """The dataset's index, verified once (every image opened) and cached until its files change."""
-    from fastai.vision.utils import verify_images
-
     root = Path(root).resolve()
     listing = _listing(root)
     if not listing:
@@ -225,6 +249,11 @@ def _decode_into(args) -> None:
         left, top = (im.width - px) // 2, (im.height - px) // 2
         out[lo + i] = np.asarray(im.crop((left, top, left + px, top + px)))
     out.flush()
+
+
+def presize(size: int) -> int:
+    """Pixels kept per side before the final crop: room for random crops (fastbook's presizing)."""
+    return int(size * 1.25 + 7) // 8 * 8
 
 
 def tensor_cache(idx: DatasetIndex, px: int):

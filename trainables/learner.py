@@ -21,7 +21,7 @@ from fastai.vision.data import ImageBlock, imagenet_stats
 from torch import nn
 
 from .config import ConfigError, TrainConfig
-from .data import DatasetIndex, class_name, dataset_stats
+from .data import DatasetIndex, class_name, dataset_stats, presize
 
 OPTIMIZERS = {"adam": Adam, "ranger": ranger, "sgd": partial(SGD, mom=0.9), "lamb": Lamb}
 ACTS = {"relu": nn.ReLU, "mish": Mish}
@@ -50,11 +50,6 @@ def auto_workers() -> int:
     """One loader process per CPU this process was given (Ray sets the thread count to a trial's CPUs)."""
     n = min(torch.get_num_threads(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 8)
     return 0 if n <= 1 else min(n, 8)
-
-
-def presize(size: int) -> int:
-    """Item-level resize, larger than the final crop so the batch-level crop has room (fastbook's presizing)."""
-    return int(size * 1.25 + 7) // 8 * 8
 
 
 def batch_tfms(cfg: TrainConfig, size: int, stats) -> list:

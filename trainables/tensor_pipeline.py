@@ -19,7 +19,7 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import TensorCategory, TensorImage
 
 from .config import TrainConfig
-from .data import DatasetIndex, tensor_cache
+from .data import DatasetIndex, presize, tensor_cache
 
 
 class CachedImages:
@@ -106,7 +106,6 @@ class TensorLoader(DataLoader):
 
 def cache_size(cfg: TrainConfig) -> int:
     """Cached pixels per side: room around the final size for crops (fastai's presizing ratio)."""
-    from .learner import presize
     return presize(cfg.size)
 
 

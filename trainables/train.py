@@ -145,28 +145,37 @@ def train(cfg: TrainConfig, reporters: Sequence[Reporter] = (), resume_from: Pat
         for r in reporters:
             r.epoch(metrics, lambda d: save_checkpoint(learn, d, epoch, history))
 
-    if start < cfg.epochs:
-        fit = learn.fit_one_cycle if cfg.lr_schedule == "one_cycle" else learn.fit_flat_cos
-        with learn.no_logging():
-            fit(cfg.epochs, cfg.lr, wd=cfg.wd, start_epoch=start,
-                cbs=[EpochSetup(cfg, stages), EpochMetrics(cfg, start, emit), *cbs])
-    result.accuracy = result.history[-1]["accuracy"] if result.history else None
-    if pending:
-        if cfg.tta:
-            preds, targs = learn.tta()
-            result.accuracy_tta = float(accuracy_fn(preds, targs))
-            pending["accuracy_tta"] = result.accuracy_tta
-            result.history[-1] = dict(pending)
-        publish(pending)
+    try:
+        if start < cfg.epochs:
+            fit = learn.fit_one_cycle if cfg.lr_schedule == "one_cycle" else learn.fit_flat_cos
+            with learn.no_logging():
+                fit(cfg.epochs, cfg.lr, wd=cfg.wd, start_epoch=start,
+                    cbs=[EpochSetup(cfg, stages), EpochMetrics(cfg, start, emit), *cbs])
+        result.accuracy = result.history[-1]["accuracy"] if result.history else None
+        if pending:
+            if cfg.tta:
+                preds, targs = learn.tta()
+                result.accuracy_tta = float(accuracy_fn(preds, targs))
+                pending["accuracy_tta"] = result.accuracy_tta
+                result.history[-1] = dict(pending)
+            publish(pending)
+    except BaseException:
+        # Stopped by the scheduler (Ray raises SystemExit in report) or failed: the traceback keeps this
+        # frame alive, so drop the learner's tensors here for the memory (GPU too) to come back now.
+        stages.clear()
+        learn.model = learn.opt = learn.dls = None
+        learn._end_cleanup()
+        dls = learn = result.learn = None  # noqa: F841
+        free_memory()
+        raise
     for r in reporters:
         r.end(result.summary())
     return result
 
 
-def release(result: TrainResult | None) -> None:
-    """Free the learner's memory (GPU included) when a trial ends or is stopped."""
-    if result is not None:
-        result.learn = None
-    gc.collect()
+def free_memory() -> None:
+    """Collect what earlier trials left and hand cached GPU memory back to the device (on a CPU, plain
+    reference counting frees it, and a full collection would cost a quarter of a second per trial)."""
     if torch.cuda.is_available():
+        gc.collect()
         torch.cuda.empty_cache()

@@ -11,7 +11,6 @@ from ray import tune
 
 from .config import TrainConfig
 from .reporting import Reporter
-from .train import train
 
 
 class TuneReporter(Reporter):
@@ -39,18 +38,23 @@ def tune_trainable(config: dict, experiment: str | None = None) -> None:
     `experiment` holds the truth, so the newest checkpoint there wins; the epochs Ray has not seen are
     replayed from its history (ASHA may stop the trial then, as it would have) instead of trained again.
     """
+    from .train import free_memory, train  # here, not at the top: the search's driver needs no fastai
     cfg = TrainConfig.from_dict(config)
+    free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     handed = tune.get_checkpoint()
-    with handed.as_directory() if handed else contextlib.nullcontext() as given, tempfile.TemporaryDirectory() as tmp:
+    given_ctx = handed.as_directory() if handed else contextlib.nullcontext()
+    with given_ctx as given, tempfile.TemporaryDirectory() as tmp:
         given = Path(given) if given else None
-        found = list(Path(experiment, tune.get_context().get_trial_id()).glob("checkpoint_*")) if experiment else []
+        trial_dir = Path(experiment, tune.get_context().get_trial_id()) if experiment else None
+        found = list(trial_dir.glob("checkpoint_*")) if trial_dir else []
         newest = max([given, *found], key=epoch_of)
         if newest is None or epoch_of(newest) <= 0:
             train(cfg, [TuneReporter()])
-            return
-        newest = Path(shutil.copytree(newest, Path(tmp) / "newest"))  # Ray may reuse its folder's name
-        history = json.loads((newest / "state.json").read_text())["history"]
-        for metrics in history[max(epoch_of(given), 0):]:
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(newest)))
-        if len(history) < cfg.epochs:
-            train(cfg, [TuneReporter()], resume_from=newest)
+        else:
+            newest = Path(shutil.copytree(newest, Path(tmp) / "newest"))  # Ray may reuse its folder's name
+            history = json.loads((newest / "state.json").read_text())["history"]
+            for metrics in history[max(epoch_of(given), 0):]:
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(newest)))
+            if len(history) < cfg.epochs:
+                train(cfg, [TuneReporter()], resume_from=newest)
+    free_memory()

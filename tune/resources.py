@@ -1,6 +1,7 @@
 """Ray start-up, per-trial resources, shared storage on a cluster and per-node data preparation."""
 from __future__ import annotations
 
+import logging
 import math
 import os
 import uuid
@@ -25,21 +26,19 @@ def start_ray(address: str | None) -> None:
         # other nodes get the project's code from here, whether or not it is installed there
         env = {"py_modules": [str(Path(m.__file__).parent) for m in (trainables, search_spaces, tune)]}
         try:
-            ray.init(address=address, log_to_driver=False, runtime_env=env)
+            ray.init(address=address, log_to_driver=False, runtime_env=env, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise UsageError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
     else:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
+                 logging_level=logging.ERROR)  # Ray's start-up notices would bury a one-line error
 
 
 def totals() -> tuple[float, float]:
-    """(CPUs, GPUs) of the cluster once Ray runs; before that, of this machine (what a local Ray will see)."""
-    if ray.is_initialized():
-        r = ray.cluster_resources()
-        return r.get("CPU", 0.0), r.get("GPU", 0.0)
-    import torch
-    return float(os.cpu_count() or 1), float(torch.cuda.device_count())
+    """(CPUs, GPUs) of the local Ray or the cluster."""
+    r = ray.cluster_resources()
+    return r.get("CPU", 0.0), r.get("GPU", 0.0)
 
 
 def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None) -> dict:
@@ -98,20 +97,22 @@ def check_shared_storage(storage: str) -> None:
                          "give a shared path (NFS) or a URI such as s3://bucket/results")
 
 
-def _prepare(datasets: list[str], stats: bool) -> str:
-    from trainables.data import dataset_stats, index, prepare
+def prepare(datasets: list[str], stats: bool, cache_px: list[int]) -> None:
+    """Download or generate, verify, measure (normalize=dataset) and decode (pipeline=tensor) each dataset."""
+    from trainables.data import dataset_stats, index, prepare as ready, tensor_cache
     for d in datasets:
-        idx = index(prepare(d))
+        idx = index(ready(d))
         if stats:
             dataset_stats(idx)
-    return ray.util.get_node_ip_address()
+        for px in cache_px:
+            tensor_cache(idx, px)
 
 
-def prepare_everywhere(datasets: list[str], stats: bool) -> None:
-    """Each node prepares (downloads, generates, verifies) every dataset once, before any trial starts."""
+def prepare_everywhere(datasets: list[str], stats: bool, cache_px: list[int]) -> None:
+    """Each node of a cluster prepares every dataset once, before any trial starts."""
     from trainables.data import DataError
     try:
-        ray.get([_on_node(n, _prepare, datasets, stats) for n in _alive_nodes()])
+        ray.get([_on_node(n, prepare, datasets, stats, cache_px) for n in _alive_nodes()])
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, DataError):
             raise e.cause from None

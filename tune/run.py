@@ -94,11 +94,21 @@ def settings_for(args):
     return s, space
 
 
-def datasets_of(space) -> list[str]:
-    if "data" in space.params:
-        return list(space.params["data"].args)
+def values_of(space, key) -> list:
+    """Every value a key can take in a space (a range gives none: trials prepare those themselves)."""
     from trainables.config import FIELDS
-    return [space.fixed.get("data", FIELDS["data"].default)]
+    if key in space.params:
+        d = space.params[key]
+        return list(d.args) if d.kind == "choice" else []
+    return [space.fixed.get(key, FIELDS[key].default)]
+
+
+def preparation(space) -> dict:
+    """What trials will need ready on every node: datasets, statistics, tensor caches."""
+    from trainables.data import presize
+    tensor = "tensor" in values_of(space, "pipeline")
+    return {"datasets": values_of(space, "data"), "stats": "dataset" in values_of(space, "normalize"),
+            "cache_px": sorted({presize(s) for s in values_of(space, "size")}) if tensor else []}
 
 
 def main(argv=None):
@@ -119,16 +129,17 @@ def main(argv=None):
         space = s.parsed_space()
     else:
         s, space = settings_for(args)
-    data = datasets_of(space)
+    prep = preparation(space)
+    data = prep["datasets"]
     for d in data:  # a missing dataset stops here, before Ray starts or anything is written
         index(prepare(d))
-    if not s.address:
-        resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)  # asks for what this machine has?
     resources.start_ray(s.address)
     res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)
     if s.address:
         resources.check_shared_storage(s.root)
-        resources.prepare_everywhere(data, stats="normalize" in space.params)
+        resources.prepare_everywhere(**prep)
+    else:
+        resources.prepare(**prep)
 
     if args.resume:
         print(f"resuming {s.experiment}", flush=True)
