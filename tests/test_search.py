@@ -17,6 +17,7 @@ from conftest import ROOT
 
 RUN = [sys.executable, str(ROOT / "tune" / "run.py")]
 FAST = ["--data", "synthetic:train=20,val=10,px=64,seed=3"]
+SMOKE_EPOCHS = 4  # the smoke fixture's --max-epochs, shorter than the space's own
 
 
 def run(args, cwd, timeout=600):
@@ -40,7 +41,8 @@ def results_of(trial: Path):
 def smoke(tmp_path_factory):
     """One smoke search shared by the checks below (it is the expensive part)."""
     root = tmp_path_factory.mktemp("results")
-    r = run(["--space", "smoke", "--samples", "8", "--name", "smoke", "--results", str(root)], root)
+    r = run(["--space", "smoke", "--samples", "8", "--max-epochs", str(SMOKE_EPOCHS), "--name", "smoke",
+             "--results", str(root)], root)
     return r, root / "smoke"
 
 
@@ -54,7 +56,7 @@ def test_smoke_search_completes_and_exports(smoke):
     from trainables.config import FIELDS, TrainConfig
     assert set(best["config"]) == set(FIELDS)
     TrainConfig.from_dict(best["config"])
-    assert best["provenance"]["status"] == "completed" and best["provenance"]["epochs_trained"] == 4
+    assert best["provenance"]["status"] == "completed" and best["provenance"]["epochs_trained"] == SMOKE_EPOCHS
     rows = (exp / "leaderboard.csv").read_text().splitlines()
     assert len(rows) == 1 + 8 and rows[0].startswith("trial_id,status,epochs,accuracy")
 
@@ -67,14 +69,15 @@ def test_asha_stops_trials_and_optuna_records_them_pruned_with_intermediate_valu
     complete = [t for t in trials if t.state.name == "COMPLETE"]
     assert pruned and complete
     for t in pruned:
-        assert t.intermediate_values and max(t.intermediate_values) < 4
+        assert t.intermediate_values and max(t.intermediate_values) < SMOKE_EPOCHS
         assert t.value == t.intermediate_values[max(t.intermediate_values)]
     for t in complete:
-        assert sorted(t.intermediate_values) == [1, 2, 3] or sorted(t.intermediate_values) == [1, 2, 3, 4]
+        assert sorted(t.intermediate_values)[:SMOKE_EPOCHS - 1] == list(range(1, SMOKE_EPOCHS))
     # Ray's folders agree with the study on how far each trial got
     epochs = {d.name: len(results_of(d)) for d in trial_dirs(exp)}
     for t in trials:
-        assert epochs[t.user_attrs["ray_trial_id"]] == (4 if t.state.name == "COMPLETE" else max(t.intermediate_values))
+        want = SMOKE_EPOCHS if t.state.name == "COMPLETE" else max(t.intermediate_values)
+        assert epochs[t.user_attrs["ray_trial_id"]] == want
 
 
 def test_every_trial_has_tensorboard_accuracy_per_epoch_and_hparams(smoke):
@@ -129,7 +132,8 @@ def test_a_trial_that_raises_is_recorded_and_the_rest_finish(tmp_path):
 
 def test_killed_search_resumes_without_retraining(tmp_path):
     """SIGKILL the driver mid-search, then --resume: every trial runs once, finished ones are not trained again."""
-    args = ["--space", "smoke", "--samples", "7", "--name", "killed", "--results", str(tmp_path), *FAST]
+    args = ["--space", "smoke", "--samples", "7", "--max-epochs", "4", "--name", "killed", "--results", str(tmp_path),
+            *FAST]
     exp = tmp_path / "killed"
     p = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
