@@ -1,0 +1,149 @@
+"""What the search finds on real photos, against fastbook chapter 7's hand-made ladder at the same budget.
+
+python benchmarks/real_quality.py [--quick] [--data PATH] [--seeds 1 2 3]
+1. the ladder: baseline, + normalization, + progressive resizing, + label smoothing, + mixup (each rung
+   adds to the one before, as in the chapter), every rung trained with the same seeds;
+2. a search (`tune/run.py --space real_cpu`) on the same budget per trial, its best config exported and
+   retrained with the same seeds;
+3. mean ± std accuracy with and without TTA: benchmarks/results/real_quality.{json,md}, and the search's
+   report, leaderboard and best config in benchmarks/results/real_quality_search/.
+About 60 minutes on a 2-core CPU; --quick (a subset, 3 epochs, 4 trials) runs in a few minutes.
+"""
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REAL_DATA, RESULTS, ROOT, real_subset, save
+
+from search_spaces import load
+from trainables.config import TrainConfig
+from trainables.train import train
+
+# fastbook chapter 7's recipe, each rung adding one technique; sizes follow its 128 -> 224 ratio
+LADDER = [
+    ("baseline", {"normalize": "none"}),
+    ("+ normalization", {"normalize": "imagenet"}),
+    ("+ progressive resizing", {"resize_start": 40, "resize_frac": 4 / 9}),
+    ("+ label smoothing", {"label_smoothing": 0.1}),
+    ("+ mixup", {"mixup_alpha": 0.4}),
+]
+
+
+def budget(space_name: str, quick: bool) -> dict:
+    """The per-run budget both sides share: the space's fixed arch, size, batch, data path and epochs."""
+    space = load(space_name)
+    keys = ("arch", "size", "bs", "pipeline")
+    out = {k: space.fixed[k] for k in keys}
+    out["epochs"] = 3 if quick else space.search["max_epochs"]
+    return out
+
+
+def summarize(name: str, kind: str, runs: list[dict], config: dict) -> dict:
+    acc = [r["accuracy"] for r in runs]
+    tta = [r["accuracy_tta"] for r in runs]
+    return {"name": name, "kind": kind, "accuracy_mean": statistics.mean(acc),
+            "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
+            "accuracy_tta_mean": statistics.mean(tta), "accuracy_tta_std": statistics.stdev(tta) if len(tta) > 1 else 0.0,
+            "seeds": [r["seed"] for r in runs], "accuracy": acc, "accuracy_tta": tta, "config": config}
+
+
+def train_seeds(cfg: TrainConfig, seeds) -> list[dict]:
+    out = []
+    for s in seeds:
+        t0 = time.perf_counter()
+        r = train(cfg.replace(seed=s, tta=True))
+        out.append({"seed": s, "accuracy": r.accuracy, "accuracy_tta": r.accuracy_tta,
+                    "seconds": time.perf_counter() - t0})
+        print(f"    seed {s}: accuracy {r.accuracy:.4f}, with TTA {r.accuracy_tta:.4f} "
+              f"({out[-1]['seconds']:.0f} s)", flush=True)
+    return out
+
+
+def search(data: str, quick: bool, results: Path) -> tuple[dict, float]:
+    extra = ["--samples", "4", "--max-epochs", "3", "--grace-period", "1"] if quick else []
+    t0 = time.perf_counter()
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "run.py"), "--space", "real_cpu", "--data", data,
+                        "--results", str(results), "--name", "real_quality", "--seed", "0", *extra],
+                       capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"search failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return json.loads((results / "real_quality" / "best_config.json").read_text()), time.perf_counter() - t0
+
+
+def table(rows: list[dict], header: str) -> str:
+    lines = [header, "", "| config | kind | accuracy | accuracy with TTA | seeds |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['name']} | {r['kind']} | {100 * r['accuracy_mean']:.2f}% ± {100 * r['accuracy_std']:.2f} "
+                     f"| {100 * r['accuracy_tta_mean']:.2f}% ± {100 * r['accuracy_tta_std']:.2f} "
+                     f"| {', '.join(map(str, r['seeds']))} |")
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a subset, 3 epochs, 2 seeds, 4 trials: a few minutes")
+    p.add_argument("--data", help="Imagenette-layout folder (default: the real photos beside the project)")
+    p.add_argument("--seeds", type=int, nargs="+", help="seeds of every rung and of the searched config")
+    args = p.parse_args()
+    seeds = args.seeds or ([1, 2] if args.quick else [1, 2, 3])
+    t_start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        data = args.data or str(REAL_DATA)
+        if not Path(data).is_dir():
+            sys.exit(f"no Imagenette folder at {data}; pass --data PATH")
+        if args.quick:
+            data = str(real_subset(Path(tmp) / "subset", 100, 30))
+        b = budget("real_cpu", args.quick)
+        base = TrainConfig(data=data, **b)
+        rows, cfg = [], base
+        for name, change in LADDER:
+            cfg = cfg.replace(**change)
+            print(f"ladder: {name}", flush=True)
+            rows.append(summarize(name, "ladder", train_seeds(cfg, seeds), cfg.to_dict()))
+
+        print("search: tune/run.py --space real_cpu", flush=True)
+        best, search_s = search(data, args.quick, Path(tmp) / "results")
+        searched = TrainConfig.from_dict({**best["config"], "epochs": b["epochs"]})
+        print(f"searched config (trial {best['provenance']['trial']}): {best['provenance']['searched']}", flush=True)
+        rows.append(summarize("searched (TPE + ASHA)", "searched", train_seeds(searched, seeds), searched.to_dict()))
+
+        out_dir = RESULTS / ("real_quality_quick_search" if args.quick else "real_quality_search")
+        shutil.rmtree(out_dir, ignore_errors=True)
+        exp = Path(tmp) / "results" / "real_quality"
+        out_dir.mkdir(parents=True)
+        for f in ("report.md", "leaderboard.csv", "best_config.json"):
+            shutil.copy(exp / f, out_dir / f)
+        shutil.copytree(exp / "report", out_dir / "report")
+
+    best_ladder = max((r for r in rows if r["kind"] == "ladder"), key=lambda r: r["accuracy_mean"])
+    s = rows[-1]
+    gain = s["accuracy_mean"] - best_ladder["accuracy_mean"]
+    spread = max(s["accuracy_std"], best_ladder["accuracy_std"])
+    verdict = {"best_ladder_rung": best_ladder["name"], "gain_points": 100 * gain, "spread_points": 100 * spread,
+               "target_met": gain >= 0.02 and gain > spread}
+    name = "real_quality_quick" if args.quick else "real_quality"
+    budget_info = {**b, "data": "real photos (imagenette2, squished to 224x224)" + (" subset" if args.quick else ""),
+                   "seeds": seeds, "search_trials": 4 if args.quick else load("real_cpu").search["samples"],
+                   "search_s": search_s, "total_s": time.perf_counter() - t_start}
+    save(name, {"budget": budget_info, "rows": rows, "verdict": verdict,
+                "search_report": str(out_dir.relative_to(ROOT))})
+    md = table(rows, f"# Real photos: fastbook's ladder against the searched config\n\nBudget per run: "
+                     f"{b['arch']} at {b['size']} px, {b['epochs']} epochs, batch {b['bs']}, {b['pipeline']} data "
+                     f"path; seeds {seeds}; validation on val/.")
+    md += (f"\nSearched minus best rung ({best_ladder['name']}): {100 * gain:+.2f} points "
+           f"(seed spread {100 * spread:.2f}); target met: {verdict['target_met']}.\n"
+           f"The search's report: `{out_dir.relative_to(ROOT)}/report.md`.\n")
+    (RESULTS / f"{name}.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    main()
