@@ -50,7 +50,8 @@ def summarize(name: str, kind: str, runs: list[dict], config: dict) -> dict:
     tta = [r["accuracy_tta"] for r in runs]
     return {"name": name, "kind": kind, "accuracy_mean": statistics.mean(acc),
             "accuracy_std": statistics.stdev(acc) if len(acc) > 1 else 0.0,
-            "accuracy_tta_mean": statistics.mean(tta), "accuracy_tta_std": statistics.stdev(tta) if len(tta) > 1 else 0.0,
+            "accuracy_tta_mean": statistics.mean(tta),
+            "accuracy_tta_std": statistics.stdev(tta) if len(tta) > 1 else 0.0,
             "seeds": [r["seed"] for r in runs], "accuracy": acc, "accuracy_tta": tta, "config": config}
 
 
@@ -75,6 +76,13 @@ def search(data: str, quick: bool, results: Path) -> tuple[dict, float]:
     if r.returncode:
         sys.exit(f"search failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
     return json.loads((results / "real_quality" / "best_config.json").read_text()), time.perf_counter() - t0
+
+
+def portable(text: str, data: str, tmp: str) -> str:
+    """This machine's paths out of what is committed: the data folder by name, the temporary search by its
+    results/ name."""
+    return (text.replace(str(Path(tmp) / "results"), "results")
+            .replace(data, "real-photos" + ("-subset" if data.startswith(tmp) else "")))
 
 
 def table(rows: list[dict], header: str) -> str:
@@ -113,13 +121,15 @@ def main():
         searched = TrainConfig.from_dict({**best["config"], "epochs": b["epochs"]})
         print(f"searched config (trial {best['provenance']['trial']}): {best['provenance']['searched']}", flush=True)
         rows.append(summarize("searched (TPE + ASHA)", "searched", train_seeds(searched, seeds), searched.to_dict()))
+        for r in rows:
+            r["config"]["data"] = portable(r["config"]["data"], data, tmp)
 
         out_dir = RESULTS / ("real_quality_quick_search" if args.quick else "real_quality_search")
         shutil.rmtree(out_dir, ignore_errors=True)
         exp = Path(tmp) / "results" / "real_quality"
         out_dir.mkdir(parents=True)
         for f in ("report.md", "leaderboard.csv", "best_config.json"):
-            shutil.copy(exp / f, out_dir / f)
+            (out_dir / f).write_text(portable((exp / f).read_text(), data, tmp))
         shutil.copytree(exp / "report", out_dir / "report")
 
     best_ladder = max((r for r in rows if r["kind"] == "ladder"), key=lambda r: r["accuracy_mean"])

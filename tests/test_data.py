@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from conftest import REAL_DATA, ROOT, TINY_DATA, needs_real
-from trainables.data import DataError, data_home, index, prepare
+from trainables.data import DataError, index, prepare
 from trainables.synthetic import WNIDS, SyntheticSpec, render
 
 

@@ -107,6 +107,7 @@ def test_repeats_report_mean_and_std_and_the_same_seed_repeats_exactly(tmp_path)
     assert agg["accuracy_mean"] == pytest.approx(sum(accs) / 2) and agg["accuracy_std"] >= 0
     assert "±" in r.stdout
     again = run([str(cfg), "--out", str(tmp_path / "again")], tmp_path)
+    assert again.returncode == 0, again.stderr
     one = json.loads((tmp_path / "again" / "metrics.json").read_text())
     first = json.loads((tmp_path / "rep" / "seed-42" / "metrics.json").read_text())
     strip = lambda h: [{k: v for k, v in e.items() if k not in ("epoch_s", "images_per_s")} for e in h]  # noqa: E731

@@ -1,6 +1,5 @@
 """Real fastai training on a tiny generated dataset: every technique on and off, the schedule, resume."""
 import math
-from pathlib import Path
 
 import pytest
 import torch

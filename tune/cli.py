@@ -43,6 +43,15 @@ def write_json(path: Path, obj) -> None:
     os.replace(tmp, path)
 
 
+def shown(path: Path) -> str:
+    """A path as a user types it: relative to the working directory when under it (files stay portable)."""
+    path = Path(path).resolve()
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
 def free_folder(path: Path, force: bool, what: str) -> Path:
     """An output folder that holds nothing yet (or --force); refuses to mix a new run into an old one."""
     path = Path(path).expanduser().resolve()

@@ -16,6 +16,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.visualization import matplotlib as ovm  # noqa: E402
 
+from tune.cli import shown  # noqa: E402
+
 PLOTS = {
     "optimization_history": ("Accuracy of each trial in the order they ran, and the best so far",
                              lambda study: ovm.plot_optimization_history(study)),
@@ -78,9 +80,10 @@ def write_report(experiment: Path, trials, best, provenance: dict, study: optuna
              f"{len(trials)} trials ({counts}). Best: trial `{best.trial_id}` with {provenance['metric']} "
              f"{provenance['value']:.4f} after {best.epochs} epochs ({provenance['chosen_from']}).", "",
              "Train it longer:", "", "```bash",
-             f"python tune/final.py {experiment}/best_config.json --epochs N", "```", "",
+             f"python tune/final.py {shown(experiment)}/best_config.json --epochs N", "```", "",
              "## Best config (searched keys)", ""]
-    lines += [f"- `{k}` = {v:.4g}" if isinstance(v, float) else f"- `{k}` = {v}" for k, v in sorted(best.params.items())]
+    lines += [f"- `{k}` = {v:.4g}" if isinstance(v, float) else f"- `{k}` = {v}"
+              for k, v in sorted(best.params.items())]
     lines += ["", "## Leaderboard (top 10)", "", *_table(trials, keys), ""]
 
     learning_curves(trials, folder / "learning_curves.png")
@@ -98,7 +101,7 @@ def write_report(experiment: Path, trials, best, provenance: dict, study: optuna
         except (ValueError, RuntimeError, ZeroDivisionError) as e:  # too few completed trials for this plot
             plt.close("all")
             lines += [f"(not drawn: {e})", ""]
-    lines += ["Interactive: `optuna-dashboard sqlite:///" + str(experiment / "optuna.db") + "`", ""]
+    lines += ["Interactive: `optuna-dashboard sqlite:///" + shown(experiment / "optuna.db") + "`", ""]
     path = experiment / "report.md"
     path.write_text("\n".join(lines))
     return path

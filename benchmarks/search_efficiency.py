@@ -1,0 +1,129 @@
+"""What the search itself adds: TPE + ASHA against random search and against the default config.
+
+python benchmarks/search_efficiency.py [--space small] [--samples 16] [--seeds 0 1 2] [--grace-period 2]
+       [--reduction-factor 3]
+For each sampler seed, two searches of the same space and number of trials: random search with every
+trial trained to the end (`--searcher random --scheduler none`) and TPE + ASHA. The anytime curve is the
+best final accuracy of any completed trial against the epochs consumed so far by all trials. The target:
+TPE + ASHA reaches random search's final best with at most a third of random search's epochs. The
+space's default config (its fixed keys, every other knob at the config's default) is trained once per
+seed as the reference line. Writes benchmarks/results/search_efficiency.{json,png}.
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+from common import RESULTS, ROOT, save
+
+from search_spaces import load
+from trainables.config import TrainConfig
+from trainables.train import train
+
+
+def run_search(space, samples, seed, searcher, scheduler, root: Path, extra) -> Path:
+    name = f"{searcher}-{scheduler}-{seed}"
+    cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", space, "--samples", str(samples),
+           "--seed", str(seed), "--searcher", searcher, "--scheduler", scheduler, "--results", str(root),
+           "--name", name, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"search {name} failed:\n{r.stderr[-3000:]}")
+    return root / name
+
+
+def anytime(exp: Path) -> list[tuple[int, float | None]]:
+    """[(epochs consumed, best completed accuracy so far)] in wall-clock order of every epoch's end.
+
+    An epoch ends at its trial's start plus the trial's reported running time; a trial's accuracy counts
+    once it has completed its schedule (Optuna's COMPLETE), never at an epoch where ASHA stopped it.
+    """
+    study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    complete = {t.user_attrs.get("ray_trial_id") for t in study.trials if t.state.name == "COMPLETE"}
+    events = []
+    for f in exp.glob("*/result.json"):
+        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+        start = rows[0]["timestamp"] - rows[0]["time_total_s"]
+        for r in rows:
+            last = r is rows[-1] and r["trial_id"] in complete
+            events.append((start + r["time_total_s"], r["accuracy"] if last else None))
+    curve, best = [], None
+    for n, (_, done) in enumerate(sorted(events, key=lambda e: e[0]), start=1):
+        if done is not None:
+            best = done if best is None else max(best, done)
+        curve.append((n, best))
+    return curve
+
+
+def epochs_to_reach(curve, target: float) -> int | None:
+    return next((e for e, b in curve if b is not None and b >= target - 1e-9), None)
+
+
+def plot(results: dict, default_acc: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(8, 5))
+    colours = {"random search, no early stopping": "tab:gray", "TPE + ASHA": "tab:blue"}
+    for method, per_seed in results.items():
+        for i, curve in enumerate(per_seed):
+            xs = [e for e, b in curve if b is not None]
+            ys = [b for e, b in curve if b is not None]
+            ax.step(xs, ys, where="post", color=colours[method], alpha=0.8, label=method if i == 0 else None)
+    ax.axhline(default_acc, color="tab:red", ls="--", label=f"default config ({default_acc:.3f})")
+    ax.set(xlabel="epochs consumed by all trials", ylabel="best final validation accuracy so far",
+           title="Anytime performance: one line per sampler seed")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", default="small")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--grace-period", type=int, default=2, help="TPE + ASHA's grace period")
+    p.add_argument("--reduction-factor", type=int, default=3, help="TPE + ASHA's reduction factor")
+    args = p.parse_args()
+    space = load(args.space)
+    asha = ["--grace-period", str(args.grace_period), "--reduction-factor", str(args.reduction_factor)]
+    results = {"random search, no early stopping": [], "TPE + ASHA": []}
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            rnd = anytime(run_search(args.space, args.samples, seed, "random", "none", Path(tmp), []))
+            tpe = anytime(run_search(args.space, args.samples, seed, "tpe", "asha", Path(tmp), asha))
+            results["random search, no early stopping"].append(rnd)
+            results["TPE + ASHA"].append(tpe)
+            target, total = rnd[-1][1], rnd[-1][0]
+            reach = epochs_to_reach(tpe, target)
+            rows.append({"seed": seed, "random_best": target, "random_epochs": total, "tpe_asha_best": tpe[-1][1],
+                         "tpe_asha_epochs": tpe[-1][0], "tpe_asha_epochs_to_random_best": reach,
+                         "fraction_of_random_epochs": None if reach is None else reach / total})
+            print(json.dumps(rows[-1]), flush=True)
+    default_cfg = TrainConfig.from_dict({**space.fixed, "epochs": space.search["max_epochs"]})
+    default_accs = [train(default_cfg.replace(seed=42 + s, tta=False)).accuracy for s in args.seeds]
+    fractions = [r["fraction_of_random_epochs"] for r in rows]
+    reached = [f for f in fractions if f is not None]
+    plot(results, statistics.mean(default_accs), RESULTS / "search_efficiency.png")
+    save("search_efficiency", {
+        "space": args.space, "samples": args.samples, "max_epochs": space.search["max_epochs"],
+        "tpe_asha": {"grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
+        "per_seed": rows, "default_config_accuracy": default_accs,
+        "median_fraction_of_random_epochs": statistics.median(reached) if len(reached) == len(rows) else None,
+        "seeds_reaching_random_best": f"{len(reached)} of {len(rows)}",
+        "target": "TPE + ASHA reaches random search's final best within 1/3 of its epochs",
+        "curves": results, "plot": "search_efficiency.png"})
+    print(f"TPE + ASHA reached random search's final best in {len(reached)} of {len(rows)} seeds, using "
+          f"{', '.join('never' if f is None else f'{f:.0%}' for f in fractions)} of random search's epochs")
+
+
+if __name__ == "__main__":
+    main()
