@@ -180,6 +180,22 @@ def _check_cross_field(space: Space) -> None:
                          f"{lo_size}; progressive resizing must start at or below the final size")
 
 
+def judged_before_switch(space: Space, max_epochs: int, grace_period: int) -> str | None:
+    """Why ASHA's first rung could judge a progressive-resizing trial still at its small size, or None."""
+    from trainables.config import TrainConfig
+    lo_start, _ = _bounds(space, "resize_start")
+    hi_size = _bounds(space, "size")[1]
+    _, hi_frac = _bounds(space, "resize_frac")
+    if lo_start is None or lo_start >= hi_size:
+        return None
+    small = TrainConfig(size=hi_size, resize_start=lo_start, resize_frac=hi_frac, epochs=max_epochs).small_epochs
+    if small < grace_period:
+        return None
+    return (f"resize_frac up to {hi_frac:g} trains {small} of {max_epochs} epochs at the start size, so ASHA's "
+            f"first rung at epoch {grace_period} judges such trials before they reach the final size; "
+            "lower resize_frac's upper bound or raise --grace-period")
+
+
 def describe(space: Space) -> str:
     lines = [f"{space.name}: {space.description}".rstrip(": ")]
     for k, d in space.params.items():

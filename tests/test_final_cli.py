@@ -1,6 +1,7 @@
 """tune/final.py as a user runs it: a real training, and bad input that stops before anything is written."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 
@@ -35,6 +36,9 @@ def test_trains_one_config_and_writes_metrics_tensorboard_and_learner(tmp_path):
     from fastai.learner import load_learner
     learn = load_learner(out / "learner.pkl")
     assert len(learn.dls.vocab) == 10
+    weights = torch.load(out / "model.pth", map_location="cpu")   # the plain state_dict, for any torch code
+    learn.model.load_state_dict(weights)
+    assert all(torch.equal(weights[k], v) for k, v in learn.model.state_dict().items())
     # never mixes a new run into an old folder
     again = run([str(cfg), "--out", str(out)], tmp_path)
     assert again.returncode == 2 and "already exists" in again.stderr
@@ -51,6 +55,8 @@ def test_trains_one_config_and_writes_metrics_tensorboard_and_learner(tmp_path):
     (["--set", "data=/definitely/not/here"], "data folder not found"),
     (["BAD_JSON"], "not valid JSON"),
     (["--set", "epochs"], "key=value"),
+    (["--epochs", "two"], "invalid int value"),
+    (["--bogus"], "unrecognized arguments"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
     if args == ["BAD_JSON"]:
@@ -104,7 +110,8 @@ def test_repeats_report_mean_and_std_and_the_same_seed_repeats_exactly(tmp_path)
     agg = json.loads((tmp_path / "rep" / "metrics.json").read_text())
     assert [x["seed"] for x in agg["runs"]] == [42, 43] and agg["repeats"] == 2
     accs = [x["accuracy"] for x in agg["runs"]]
-    assert agg["accuracy_mean"] == pytest.approx(sum(accs) / 2) and agg["accuracy_std"] >= 0
+    assert agg["accuracy_mean"] == pytest.approx(statistics.mean(accs))
+    assert agg["accuracy_std"] == pytest.approx(statistics.stdev(accs))
     assert "±" in r.stdout
     again = run([str(cfg), "--out", str(tmp_path / "again")], tmp_path)
     assert again.returncode == 0, again.stderr

@@ -12,12 +12,15 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 
 from conftest import ROOT
 
 RUN = [sys.executable, str(ROOT / "tune" / "run.py")]
+HAS_GPU = torch.cuda.is_available()
 FAST = ["--data", "synthetic:train=20,val=10,px=64,seed=3"]
 SMOKE_EPOCHS = 4  # the smoke fixture's --max-epochs, shorter than the space's own
+SMOKE_DATA = "synthetic:train=100,val=20,px=64,seed=5"  # a third of the default's images: enough to rank trials
 
 
 def run(args, cwd, timeout=600):
@@ -42,7 +45,7 @@ def smoke(tmp_path_factory):
     """One smoke search shared by the checks below (it is the expensive part)."""
     root = tmp_path_factory.mktemp("results")
     r = run(["--space", "smoke", "--samples", "8", "--max-epochs", str(SMOKE_EPOCHS), "--name", "smoke",
-             "--results", str(root)], root)
+             "--results", str(root), "--data", SMOKE_DATA], root)
     return r, root / "smoke"
 
 
@@ -51,14 +54,33 @@ def test_smoke_search_completes_and_exports(smoke):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"tensorboard --logdir {exp}" in r.stdout
     assert "best:" in r.stdout and "best_config.json" in r.stdout
+    # the live table with the best so far, and none of fastai's progress bars or epoch tables
+    assert "Current best trial" in r.stdout and "| Trial name" in r.stdout and "accuracy" in r.stdout
+    assert "█" not in r.stdout and "train_loss  valid_loss" not in r.stdout
     assert len(trial_dirs(exp)) == 8
     best = json.loads((exp / "best_config.json").read_text())
     from trainables.config import FIELDS, TrainConfig
     assert set(best["config"]) == set(FIELDS)
     TrainConfig.from_dict(best["config"])
-    assert best["provenance"]["status"] == "completed" and best["provenance"]["epochs_trained"] == SMOKE_EPOCHS
-    rows = (exp / "leaderboard.csv").read_text().splitlines()
-    assert len(rows) == 1 + 8 and rows[0].startswith("trial_id,status,epochs,accuracy")
+    p = best["provenance"]
+    assert p["status"] == "completed" and p["epochs_trained"] == SMOKE_EPOCHS
+    assert p["experiment"] == "smoke" and p["metric"] == "accuracy" and p["git_commit"]
+    assert {"torch", "fastai", "ray", "optuna"} <= set(p["versions"])
+    assert sum(p["trials"].values()) == 8
+    best_rows = results_of(exp / p["trial"])
+    assert p["value"] == best_rows[-1]["accuracy"] and len(best_rows) == SMOKE_EPOCHS
+    assert p["searched"] == {k: best["config"][k] for k in p["searched"]}
+    import csv
+    with open(exp / "leaderboard.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8
+    assert {"trial_id", "status", "epochs", "accuracy", "best_accuracy", "accuracy_tta", "train_s", "lr",
+            "mixup_alpha", "label_smoothing", "resize_start", "resize_frac"} <= set(rows[0])
+    assert rows[0]["trial_id"] == p["trial"]   # sorted best first
+    for row in rows:
+        hist = [m["accuracy"] for m in results_of(exp / row["trial_id"])]
+        assert int(row["epochs"]) == len(hist) and float(row["best_accuracy"]) == pytest.approx(max(hist))
+        assert row["status"] in ("completed", "pruned") and float(row["train_s"]) > 0
 
 
 def test_asha_stops_trials_and_optuna_records_them_pruned_with_intermediate_values(smoke):
@@ -99,6 +121,18 @@ def test_every_trial_has_tensorboard_accuracy_per_epoch_and_hparams(smoke):
         assert searched <= hparams
 
 
+def test_random_search_without_early_stopping_is_the_baseline(tmp_path):
+    r = run(["--space", "smoke", "--samples", "3", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
+             "--scheduler", "none", "--name", "base", "--results", str(tmp_path), *FAST], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "base"
+    assert "random + none" in r.stdout and "FIFO" in r.stdout and "AsyncHyperBand" not in r.stdout
+    trials = study(exp).trials
+    assert len(trials) == 3 and {t.state.name for t in trials} == {"COMPLETE"}
+    assert all(len(results_of(d)) == 2 for d in trial_dirs(exp))
+    assert len({t.params["lr"] for t in trials}) == 3
+
+
 def test_existing_name_needs_resume_and_nothing_is_touched(smoke, tmp_path):
     _, exp = smoke
     before = sorted(p.name for p in exp.iterdir())
@@ -113,7 +147,8 @@ def test_a_trial_that_raises_is_recorded_and_the_rest_finish(tmp_path):
     # fp16 needs a GPU: those trials raise inside the trainable, as a CUDA out-of-memory would
     space.write_text("search: {samples: 4, max_epochs: 2, grace_period: 2}\narch: tiny\nsize: 32\nbs: 16\nworkers: 0\n"
                      "tta: false\nprecision: {choice: [fp32, fp16]}\nlr: {loguniform: [1.0e-3, 1.0e-2]}\n")
-    r = run(["--space", str(space), "--name", "flaky", "--results", str(tmp_path), *FAST, "--seed", "1"], tmp_path)
+    r = run(["--space", str(space), "--name", "flaky", "--results", str(tmp_path), *FAST, "--seed", "1",
+             "--gpus-per-trial", "0"], tmp_path)   # trials see no GPU even where the machine has one
     exp = tmp_path / "flaky"
     assert r.returncode == 0, r.stderr[-3000:]
     rows = {d.name: json.loads((d / "params.json").read_text())["precision"] for d in trial_dirs(exp)}
@@ -182,20 +217,31 @@ def test_killed_search_resumes_without_retraining(tmp_path):
     (["--space", "nonexistent"], "unknown space 'nonexistent'"),
     (["--space", "MALFORMED"], "malformed"),
     (["--space", "UNKNOWNKEY"], "unknown config key 'learning_rate'"),
-    (["--space", "smoke", "--gpus-per-trial", "1"], "has none"),
+    pytest.param(["--space", "smoke", "--gpus-per-trial", "1"], "has none",
+                 marks=pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")),
     (["--space", "smoke", "--grace-period", "9"], "beyond --max-epochs"),
     (["--space", "smoke", "--set", "mixup_alpha=-2"], "mixup_alpha"),
     (["--space", "smoke", "--data", "/not/a/folder"], "data folder not found"),
     (["--space", "smoke", "--address", "auto"], "--storage"),
     (["--resume", "/not/an/experiment"], "not a search"),
+    (["--resume", "EXISTING", "--samples", "3"], "--samples cannot change them"),
+    (["--space", "smoke", "--set", "epochs=3"], "--max-epochs"),
+    (["--space", "smoke", "--address", "auto", "--storage", "s3://bucket/x"], "object-store URIs"),
+    (["--space", "smoke", "--samples", "many"], "invalid int value"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
     (tmp_path / "malformed.yaml").write_text("lr: [1, 2\n")
     (tmp_path / "unknown.yaml").write_text("learning_rate: {uniform: [0, 1]}\n")
-    args = [{"MALFORMED": str(tmp_path / "malformed.yaml"),
-             "UNKNOWNKEY": str(tmp_path / "unknown.yaml")}.get(a, a) for a in args]
+    existing = tmp_path / "old"   # a search's saved settings, enough for --resume to check its flags
+    existing.mkdir()
+    (existing / "search.json").write_text(json.dumps({
+        "space": {"lr": {"loguniform": [1e-3, 1e-2]}}, "space_name": "old", "name": "old", "root": str(tmp_path),
+        "samples": 2, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2}))
+    args = [{"MALFORMED": str(tmp_path / "malformed.yaml"), "UNKNOWNKEY": str(tmp_path / "unknown.yaml"),
+             "EXISTING": str(existing)}.get(a, a) for a in args]
     root = tmp_path / "res"
-    r = run(args + ["--results", str(root), "--name", "x"], tmp_path)
+    extra = [] if "--resume" in args else ["--results", str(root), "--name", "x"]
+    r = run(args + extra, tmp_path)
     assert r.returncode == 2, r.stdout[-2000:] + r.stderr[-2000:]
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and words in lines[0], r.stderr
@@ -244,7 +290,8 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
     space = tmp_path / "broken.yaml"
     space.write_text("search: {samples: 2, max_epochs: 1}\narch: tiny\nsize: 32\nworkers: 0\nprecision: fp16\n"
                      "lr: {loguniform: [1.0e-3, 1.0e-2]}\n")
-    r = run(["--space", str(space), "--name", "broken", "--results", str(tmp_path), *FAST], tmp_path)
+    r = run(["--space", str(space), "--name", "broken", "--results", str(tmp_path), *FAST, "--gpus-per-trial", "0"],
+            tmp_path)
     assert r.returncode == 1 and "nothing to export" in r.stderr
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(tmp_path / "broken")],
                        capture_output=True, text=True, timeout=300)

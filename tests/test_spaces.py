@@ -25,6 +25,22 @@ def test_full_space_covers_off_and_gives_late_techniques_a_fair_rung():
     assert s.fixed["size"] in s.params["resize_start"].args          # resize_start = size: resizing off
     assert s.params["lr"].kind == "loguniform"
     assert s.search["grace_period"] >= s.search["max_epochs"] // 2   # first rung after the one-cycle peak
+    assert "lr_schedule" not in s.params   # flat-cos would be judged before it anneals
+
+
+@pytest.mark.parametrize("name", search_spaces.named())
+def test_no_named_space_judges_a_progressive_resizing_trial_before_it_reaches_the_final_size(name):
+    s = load(name)
+    assert search_spaces.judged_before_switch(s, s.search["max_epochs"], s.search["grace_period"]) is None
+
+
+def test_a_space_that_would_judge_trials_at_their_small_size_is_named():
+    s = parse({"size": 64, "resize_start": {"choice": [32, 64]}, "resize_frac": {"uniform": [0.2, 0.75]}}, "late")
+    why = search_spaces.judged_before_switch(s, 8, 4)
+    assert "resize_frac up to 0.75 trains 6 of 8 epochs" in why and "epoch 4" in why
+    assert search_spaces.judged_before_switch(s, 8, 7) is None            # a later rung is fair
+    off = parse({"size": 64, "resize_frac": {"uniform": [0.2, 0.75]}}, "off")   # no resizing at all
+    assert search_spaces.judged_before_switch(off, 8, 4) is None
 
 
 def test_user_yaml_with_every_kind(tmp_path):

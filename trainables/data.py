@@ -74,13 +74,26 @@ def is_name(data: str) -> bool:
     return data in REAL or data.split(":")[0] == "synthetic"
 
 
-def prepare(data: str) -> Path:
-    """Return the absolute path of a complete dataset in the Imagenette layout, preparing it if needed."""
+def check(data: str) -> None:
+    """What can be told of a dataset without preparing it: a generator spec that parses, a folder that exists."""
     if data.split(":")[0] == "synthetic":
         try:
-            spec = SyntheticSpec.parse(data)
+            SyntheticSpec.parse(data)
         except SpecError as e:
             raise DataError(str(e)) from None
+    elif data not in REAL:
+        path = Path(data).expanduser().resolve()
+        if not path.is_dir():
+            raise DataError(f"data folder not found: {path} (give --data a folder in the Imagenette layout "
+                            f"or one of: synthetic, {', '.join(REAL)})")
+        check_layout(path)
+
+
+def prepare(data: str) -> Path:
+    """Return the absolute path of a complete dataset in the Imagenette layout, preparing it if needed."""
+    check(data)
+    if data.split(":")[0] == "synthetic":
+        spec = SyntheticSpec.parse(data)
         final = data_home() / "datasets" / spec.dirname
         if not final.is_dir():
             with _lock(spec.dirname):
@@ -92,9 +105,6 @@ def prepare(data: str) -> Path:
         path = _fetch_real(data)
     else:
         path = Path(data).expanduser().resolve()
-        if not path.is_dir():
-            raise DataError(f"data folder not found: {path} (give --data a folder in the Imagenette layout "
-                            f"or one of: synthetic, {', '.join(REAL)})")
     check_layout(path)
     return path
 
@@ -127,6 +137,7 @@ class DatasetIndex:
     labels: list[str]
     is_valid: list[bool]    # in val/
     skipped: list[str]      # unreadable images, relative to root
+    fingerprint: str = ""   # of the file names and sizes: caches built from the index key on it
 
     @property
     def classes(self) -> list[str]:
@@ -207,7 +218,8 @@ def index(root: Path) -> DatasetIndex:
         print(f"warning: skipping {len(skipped)} unreadable image(s) in {root}: {shown}", flush=True)
     files = [rel for rel, _ in listing if rel not in skipped]
     parts = [Path(f).parts for f in files]
-    idx = DatasetIndex(root, files, [class_name(f) for f in files], [p[0] == "val" for p in parts], sorted(skipped))
+    idx = DatasetIndex(root, files, [class_name(f) for f in files], [p[0] == "val" for p in parts], sorted(skipped),
+                       fingerprint)
     for name, part in (("train", False), ("val", True)):
         if part not in idx.is_valid:
             raise DataError(f"no readable images in {root}/{name}")
@@ -221,7 +233,7 @@ def dataset_stats(idx: DatasetIndex, n: int = 512, size: int = 64) -> tuple[list
 
     cache = data_home() / "index" / f"{_cache_key(idx.root)}-stats.json"
     train = [f for f, v in zip(idx.files, idx.is_valid) if not v]
-    key = hashlib.sha1(json.dumps([train, n, size]).encode()).hexdigest()
+    key = hashlib.sha1(json.dumps([train, idx.fingerprint, n, size]).encode()).hexdigest()
     cached = _read_json(cache)
     if cached and cached.get("key") == key:
         return cached["mean"], cached["std"]
@@ -265,7 +277,7 @@ def tensor_cache(idx: DatasetIndex, px: int):
     import numpy as np
     from concurrent.futures import ProcessPoolExecutor
 
-    key = hashlib.sha1(json.dumps([str(idx.root), idx.files]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([str(idx.root), idx.fingerprint, idx.files]).encode()).hexdigest()[:16]
     final = data_home() / "tensors" / f"{key}-{px}.npy"
     if not final.is_file():
         with _lock(f"tensors-{key}-{px}"):

@@ -111,4 +111,6 @@ def resolve_precision(precision: str) -> str:
         return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
     if precision in ("bf16", "fp16") and not cuda:  # fastai's MixedPrecision autocasts on CUDA only
         raise ConfigError(f"precision={precision} needs a CUDA GPU; use auto or fp32 on this machine")
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"precision=bf16: {torch.cuda.get_device_name()} has no bfloat16; use fp16 or auto")
     return precision

@@ -1,6 +1,7 @@
 """What every command shares: one-line errors with exit status 2, quiet library warnings, atomic writes."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -12,6 +13,14 @@ USAGE_ERROR = 2
 
 class UsageError(Exception):
     """Bad input from the user; reported as one line and exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with the project's habit: a bad argument is one line and exit status 2, not the usage block."""
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(USAGE_ERROR)
 
 
 def quiet() -> None:

@@ -7,7 +7,6 @@ with plots (report/*.png).
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import sys
@@ -17,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a clone without installing
 
-from tune.cli import UsageError, quiet, run, write_json  # noqa: E402
+from tune.cli import Parser, UsageError, quiet, run, write_json  # noqa: E402
 
 STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
 
@@ -104,7 +103,8 @@ def load_trials(experiment: Path, study=None) -> list[Trial]:
         state = states.get(t.trial_id)
         if err.is_file() or state == "FAIL":
             t.status = "errored"
-            t.error = err.read_text().strip().splitlines()[-1] if err.is_file() else "failed"
+            lines = err.read_text().strip().splitlines() if err.is_file() else []
+            t.error = lines[-1] if lines else "failed"
         elif state in STATUS_OF_OPTUNA:
             t.status = STATUS_OF_OPTUNA[state]
         elif t.history and t.epochs >= config.get("epochs", 0):
@@ -148,7 +148,7 @@ def export(experiment: Path, metric: str = "accuracy", scope: str = "last") -> d
     experiment = Path(experiment).resolve()
     study = load_study(experiment)
     trials = load_trials(experiment, study)
-    write_leaderboard(trials, experiment / "leaderboard.csv")
+    write_leaderboard(trials, experiment / "leaderboard.csv")  # even with no winner: it lists the errors
     best, how = pick_best(trials, metric, scope)
     counts = {s: sum(t.status == s for t in trials) for s in ("completed", "pruned", "errored", "unfinished")}
     provenance = {
@@ -176,7 +176,7 @@ def print_summary(summary: dict, experiment: Path) -> None:
 
 def main(argv=None):
     quiet()
-    p = argparse.ArgumentParser(prog="tune/export.py", description=__doc__.split("\n\n")[0])
+    p = Parser(prog="tune/export.py", description=__doc__.split("\n\n")[0])
     p.add_argument("experiment", help="results/<name>")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "accuracy_tta"))
     p.add_argument("--scope", default="last", choices=("last", "all"),

@@ -14,13 +14,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a clone without installing
 
-from tune.cli import UsageError, free_folder, quiet, run, write_json  # noqa: E402
+from tune.cli import Parser, UsageError, free_folder, quiet, run, write_json  # noqa: E402
 
 
 def parse_args(argv):
     from trainables.config import FIELDS
     keys = "\n".join(f"  {k:<16} {f.metadata['help']} (default: {f.default})" for k, f in FIELDS.items())
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="tune/final.py", description=__doc__.split("\n\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=f"config keys:\n{keys}")
     p.add_argument("config", nargs="?", help="JSON file of config keys, e.g. results/<name>/best_config.json "
@@ -74,10 +74,10 @@ def main(argv=None):
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1")
     cfg = resolve_config(args)
-    from trainables.data import prepare
+    from trainables.data import index, prepare
     from trainables.learner import resolve_precision
     resolve_precision(cfg.precision)  # what this machine cannot run stops here, before anything is written
-    prepare(cfg.data)
+    index(prepare(cfg.data))          # so does a dataset without readable images
     out = free_folder(Path(args.out) if args.out else default_out(args.config), args.force, "output folder")
     progress = not args.quiet and sys.stdout.isatty()
 

@@ -82,8 +82,6 @@ def _on_node(node_id: str, fn, *args):
 
 def check_shared_storage(storage: str) -> None:
     """On a cluster every node must see the results folder: write a marker here, look for it on each node."""
-    if "://" in storage:  # s3://, gs://, ...: shared by construction
-        return
     root = Path(storage)
     root.mkdir(parents=True, exist_ok=True)
     marker = root / f".shared-check-{uuid.uuid4().hex}"
@@ -94,7 +92,7 @@ def check_shared_storage(storage: str) -> None:
         marker.unlink(missing_ok=True)
     if not all(seen):
         raise UsageError(f"--storage {storage} is not visible from every node of the cluster; "
-                         "give a shared path (NFS) or a URI such as s3://bucket/results")
+                         "give a folder that every node mounts (NFS, a cluster file system)")
 
 
 def prepare(datasets: list[str], stats: bool, cache_px: list[int]) -> None:

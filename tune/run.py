@@ -8,16 +8,17 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a clone without installing
 
-from tune.cli import UsageError, quiet, run  # noqa: E402
+from tune.cli import Parser, UsageError, quiet, run  # noqa: E402
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="tune/run.py", description=__doc__.split("\n\n")[0],
+    p = Parser(prog="tune/run.py", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="examples:\n  python tune/run.py --space smoke\n"
                                        "  python tune/run.py --space full --data imagenette-160 --gpus-per-trial 0.25\n"
@@ -44,7 +45,10 @@ def parse_args(argv):
     p.add_argument("--retries", type=int, default=0, help="retries of a failed trial from its last checkpoint")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); needs --storage")
     p.add_argument("--storage", help="results root on storage every node sees (NFS path); with --address")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.changed = [f"--{a.dest.replace('_', '-')}" for a in p._actions
+                    if a.dest not in ("help", "resume") and getattr(args, a.dest) != a.default]
+    return args
 
 
 def space_with_overrides(args):
@@ -54,6 +58,8 @@ def space_with_overrides(args):
     space = search_spaces.load(args.space)
     raw = space.to_dict()
     fixed = parse_overrides(args.set)
+    if "epochs" in fixed:
+        raise UsageError("a trial's epochs are the search's --max-epochs; set them there, not with --set")
     if args.data:
         fixed["data"] = args.data
     for k, v in fixed.items():
@@ -65,6 +71,7 @@ def space_with_overrides(args):
 
 
 def settings_for(args):
+    from search_spaces import judged_before_switch
     from tune.search import Settings
     space = space_with_overrides(args)
     opt = {k: getattr(args, k) if getattr(args, k) is not None else space.search.get(k, default)
@@ -80,6 +87,9 @@ def settings_for(args):
         raise UsageError("--concurrent must be at least 1")
     if args.address and not args.storage:
         raise UsageError("--address needs --storage: a results folder that every node of the cluster sees")
+    if args.storage and "://" in args.storage:
+        raise UsageError(f"--storage {args.storage}: give a folder every node mounts (NFS); the Optuna study "
+                         "and the export are files there, so object-store URIs are not supported")
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"bad experiment name {name!r}")
@@ -91,6 +101,9 @@ def settings_for(args):
     if s.experiment.exists():
         raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
                          f"--resume {s.experiment}")
+    unfair = args.scheduler == "asha" and judged_before_switch(space, opt["max_epochs"], opt["grace_period"])
+    if unfair:
+        print(f"warning: {unfair}", file=sys.stderr, flush=True)
     return s, space
 
 
@@ -119,22 +132,26 @@ def main(argv=None):
         print("\n\n".join(search_spaces.describe(search_spaces.load(n)) for n in search_spaces.named()))
         return 0
 
-    from trainables.data import index, prepare
+    import ray
+    from trainables.data import check
     from tune import resources
     from tune.export import ExportError, export, print_summary
     from tune.search import Settings, build_tuner, restore_tuner
 
     if args.resume:
         s = Settings.load(Path(args.resume).expanduser().resolve())
+        if args.changed:
+            raise UsageError(f"--resume continues a search with its saved settings (search.json); "
+                             f"{', '.join(args.changed)} cannot change them")
         space = s.parsed_space()
     else:
         s, space = settings_for(args)
     prep = preparation(space)
     data = prep["datasets"]
-    for d in data:  # a missing dataset stops here, before Ray starts or anything is written
-        index(prepare(d))
+    for d in data:  # a missing folder stops here, before Ray starts or anything is written
+        check(d)
     resources.start_ray(s.address)
-    res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)
+    res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)  # so do impossible resources
     if s.address:
         resources.check_shared_storage(s.root)
         resources.prepare_everywhere(**prep)
@@ -145,7 +162,10 @@ def main(argv=None):
         print(f"resuming {s.experiment}", flush=True)
         tuner = restore_tuner(s)
     else:
-        s.experiment.mkdir(parents=True)
+        try:
+            s.experiment.mkdir(parents=True)
+        except FileExistsError:  # another search took the name since the check
+            raise UsageError(f"{s.experiment} already exists; pick another --name") from None
         s.save()
         tuner = build_tuner(s)
     print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "
@@ -155,11 +175,20 @@ def main(argv=None):
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)
+    # Ray takes seconds to stop its processes and the export needs none of them: both at once
+    stopping = threading.Thread(target=ray.shutdown)
+    stopping.start()
     try:
         summary = export(s.experiment)
     except ExportError as e:
         print(f"nothing to export: {e}", file=sys.stderr)
         return 1
+    except Exception as e:  # the search itself is safe on disk: say so and how to export again
+        print(f"error: the search finished, but its export failed ({type(e).__name__}: {e}); "
+              f"retry with: python tune/export.py {s.experiment}", file=sys.stderr)
+        return 1
+    finally:
+        stopping.join()
     print_summary(summary, s.experiment)
     return 0
 

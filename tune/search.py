@@ -65,7 +65,11 @@ class Settings:
         f = Path(experiment) / SETTINGS_FILE
         if not f.is_file():
             raise UsageError(f"{experiment} is not a search started by tune/run.py (no {SETTINGS_FILE})")
-        return cls(**json.loads(f.read_text()))
+        s = cls(**json.loads(f.read_text()))
+        if s.experiment.resolve() != Path(experiment).resolve():  # Ray's and Optuna's state name the old place
+            raise UsageError(f"{experiment} was started at {s.experiment}; resume it there (a moved search "
+                             "cannot be resumed)")
+        return s
 
 
 def domain(dist):
