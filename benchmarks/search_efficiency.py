@@ -1,13 +1,14 @@
 """What the search itself adds: TPE + ASHA against random search and against the default config.
 
-python benchmarks/search_efficiency.py [--space small] [--samples 16] [--seeds 0 1 2] [--grace-period 2]
-       [--reduction-factor 3]
-For each sampler seed, two searches of the same space and number of trials: random search with every
-trial trained to the end (`--searcher random --scheduler none`) and TPE + ASHA. The anytime curve is the
-best final accuracy of any completed trial against the epochs consumed so far by all trials. The target:
+python benchmarks/search_efficiency.py [--space small] [--samples 16] [--seeds 0 1 2] [--asha 4:2 2:3]
+For each sampler seed, searches of the same space and number of trials: random search with every trial
+trained to the end (`--searcher random --scheduler none`), and TPE + ASHA at each grace-period:reduction-
+factor pair of --asha (default: the space's own, and an aggressive 2:3). The anytime curve is the best
+final accuracy of any completed trial against the epochs consumed so far by all trials. The target:
 TPE + ASHA reaches random search's final best with at most a third of random search's epochs. The
 space's default config (its fixed keys, every other knob at the config's default) is trained once per
-seed as the reference line. Writes benchmarks/results/search_efficiency.{json,png}.
+seed as the reference line. About 25 minutes on a 2-core CPU with the defaults.
+Writes benchmarks/results/search_efficiency.{json,png}.
 """
 import argparse
 import json
@@ -25,8 +26,8 @@ from trainables.config import TrainConfig
 from trainables.train import train
 
 
-def run_search(space, samples, seed, searcher, scheduler, root: Path, extra) -> Path:
-    name = f"{searcher}-{scheduler}-{seed}"
+def run_search(space, samples, seed, searcher, scheduler, root: Path, extra, tag="") -> Path:
+    name = f"{searcher}-{scheduler}{tag}-{seed}"
     cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", space, "--samples", str(samples),
            "--seed", str(seed), "--searcher", searcher, "--scheduler", scheduler, "--results", str(root),
            "--name", name, *extra]
@@ -63,12 +64,15 @@ def epochs_to_reach(curve, target: float) -> int | None:
     return next((e for e, b in curve if b is not None and b >= target - 1e-9), None)
 
 
+RANDOM = "random search, no early stopping"
+
+
 def plot(results: dict, default_acc: float, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, ax = plt.subplots(figsize=(8, 5))
-    colours = {"random search, no early stopping": "tab:gray", "TPE + ASHA": "tab:blue"}
+    colours = dict(zip(results, ["tab:gray", "tab:blue", "tab:green", "tab:purple"]))
     for method, per_seed in results.items():
         for i, curve in enumerate(per_seed):
             xs = [e for e, b in curve if b is not None]
@@ -89,40 +93,52 @@ def main():
     p.add_argument("--space", default="small")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--grace-period", type=int, default=2, help="TPE + ASHA's grace period")
-    p.add_argument("--reduction-factor", type=int, default=3, help="TPE + ASHA's reduction factor")
+    p.add_argument("--asha", nargs="+", metavar="GRACE:FACTOR",
+                   help="TPE + ASHA settings to compare (default: the space's own, and 2:3)")
     args = p.parse_args()
     space = load(args.space)
-    asha = ["--grace-period", str(args.grace_period), "--reduction-factor", str(args.reduction_factor)]
-    results = {"random search, no early stopping": [], "TPE + ASHA": []}
+    own = f"{space.search['grace_period']}:{space.search['reduction_factor']}"
+    settings = args.asha or list(dict.fromkeys([own, "2:3"]))
+    methods = {f"TPE + ASHA (grace {g}, factor {f})": ["--grace-period", g, "--reduction-factor", f]
+               for g, f in (a.split(":") for a in settings)}
+    results = {RANDOM: [], **{m: [] for m in methods}}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             rnd = anytime(run_search(args.space, args.samples, seed, "random", "none", Path(tmp), []))
-            tpe = anytime(run_search(args.space, args.samples, seed, "tpe", "asha", Path(tmp), asha))
-            results["random search, no early stopping"].append(rnd)
-            results["TPE + ASHA"].append(tpe)
+            results[RANDOM].append(rnd)
             target, total = rnd[-1][1], rnd[-1][0]
-            reach = epochs_to_reach(tpe, target)
-            rows.append({"seed": seed, "random_best": target, "random_epochs": total, "tpe_asha_best": tpe[-1][1],
-                         "tpe_asha_epochs": tpe[-1][0], "tpe_asha_epochs_to_random_best": reach,
-                         "fraction_of_random_epochs": None if reach is None else reach / total})
-            print(json.dumps(rows[-1]), flush=True)
+            for k, (method, asha) in enumerate(methods.items()):
+                tpe = anytime(run_search(args.space, args.samples, seed, "tpe", "asha", Path(tmp), asha, tag=str(k)))
+                results[method].append(tpe)
+                reach = epochs_to_reach(tpe, target)
+                rows.append({"seed": seed, "method": method, "random_best": target, "random_epochs": total,
+                             "tpe_asha_best": tpe[-1][1], "tpe_asha_epochs": tpe[-1][0],
+                             "tpe_asha_epochs_to_random_best": reach,
+                             "fraction_of_random_epochs": None if reach is None else reach / total})
+                print(json.dumps(rows[-1]), flush=True)
     default_cfg = TrainConfig.from_dict({**space.fixed, "epochs": space.search["max_epochs"]})
     default_accs = [train(default_cfg.replace(seed=42 + s, tta=False)).accuracy for s in args.seeds]
-    fractions = [r["fraction_of_random_epochs"] for r in rows]
-    reached = [f for f in fractions if f is not None]
+    summary = {}
+    for method in methods:
+        fractions = [r["fraction_of_random_epochs"] for r in rows if r["method"] == method]
+        reached = [f for f in fractions if f is not None]
+        summary[method] = {
+            "fractions_of_random_epochs": fractions,
+            "seeds_reaching_random_best": f"{len(reached)} of {len(fractions)}",
+            "seeds_within_a_third": sum(f <= 1 / 3 for f in reached),
+            "mean_final_best": statistics.mean(r["tpe_asha_best"] for r in rows if r["method"] == method),
+            "mean_epochs": statistics.mean(r["tpe_asha_epochs"] for r in rows if r["method"] == method)}
+        print(f"{method}: reached random search's final best in {len(reached)} of {len(fractions)} seeds, using "
+              f"{', '.join('never' if f is None else f'{f:.0%}' for f in fractions)} of its epochs")
     plot(results, statistics.mean(default_accs), RESULTS / "search_efficiency.png")
     save("search_efficiency", {
         "space": args.space, "samples": args.samples, "max_epochs": space.search["max_epochs"],
-        "tpe_asha": {"grace_period": args.grace_period, "reduction_factor": args.reduction_factor},
-        "per_seed": rows, "default_config_accuracy": default_accs,
-        "median_fraction_of_random_epochs": statistics.median(reached) if len(reached) == len(rows) else None,
-        "seeds_reaching_random_best": f"{len(reached)} of {len(rows)}",
+        "seeds": args.seeds, "summary": summary, "per_seed": rows,
+        "random_mean_final_best": statistics.mean(c[-1][1] for c in results[RANDOM]),
+        "default_config_accuracy": default_accs,
         "target": "TPE + ASHA reaches random search's final best within 1/3 of its epochs",
         "curves": results, "plot": "search_efficiency.png"})
-    print(f"TPE + ASHA reached random search's final best in {len(reached)} of {len(rows)} seeds, using "
-          f"{', '.join('never' if f is None else f'{f:.0%}' for f in fractions)} of random search's epochs")
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import ROOT, TINY_DATA
+from trainables.reporting import TIMING_KEYS
 
 FINAL = [sys.executable, str(ROOT / "tune" / "final.py")]
 
@@ -117,5 +118,5 @@ def test_repeats_report_mean_and_std_and_the_same_seed_repeats_exactly(tmp_path)
     assert again.returncode == 0, again.stderr
     one = json.loads((tmp_path / "again" / "metrics.json").read_text())
     first = json.loads((tmp_path / "rep" / "seed-42" / "metrics.json").read_text())
-    strip = lambda h: [{k: v for k, v in e.items() if k not in ("epoch_s", "images_per_s")} for e in h]  # noqa: E731
+    strip = lambda h: [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in h]  # noqa: E731
     assert strip(one["history"]) == strip(first["history"])

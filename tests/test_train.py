@@ -9,7 +9,7 @@ from fastai.data.transforms import Normalize
 from fastai.losses import CrossEntropyLossFlat, LabelSmoothingCrossEntropyFlat
 
 from trainables.data import dataset_stats, index, prepare
-from trainables.reporting import EPOCH_KEYS, Reporter
+from trainables.reporting import EPOCH_KEYS, TIMING_KEYS, Reporter
 from trainables.train import train
 
 
@@ -48,7 +48,7 @@ class LRTrace(Callback):
 
 
 def deterministic(history):
-    return [{k: v for k, v in m.items() if k not in ("epoch_s", "images_per_s")} for m in history]
+    return [{k: v for k, v in m.items() if k not in TIMING_KEYS} for m in history]
 
 
 def test_reports_every_epoch_with_every_metric(tiny_cfg):
@@ -159,6 +159,7 @@ def test_tta_is_reported_on_the_last_epoch(tiny_cfg, pipeline):
     res = train(tiny_cfg.replace(tta=True, pipeline=pipeline), [rep])
     assert "accuracy_tta" not in rep.metrics[0]
     assert rep.metrics[-1]["accuracy_tta"] == res.accuracy_tta and 0 <= res.accuracy_tta <= 1
+    assert rep.metrics[-1]["tta_s"] > 0 and "tta_s" not in rep.metrics[0]
 
 
 @PIPELINES

@@ -8,10 +8,12 @@ from typing import Callable
 SaveFn = Callable[[Path], None]  # writes a resumable checkpoint into the given folder
 
 EPOCH_KEYS = ("epoch", "train_loss", "valid_loss", "accuracy", "lr", "size", "epoch_s", "images_per_s")
+TIMING_KEYS = ("epoch_s", "images_per_s", "tta_s")  # the metrics that differ between two runs of one config
 
 
 class Reporter:
-    """Receives each epoch's metrics (plus `accuracy_tta` on the last one when TTA is on) and the run's end."""
+    """Receives each epoch's metrics (plus `accuracy_tta` and `tta_s` on the last one when TTA is on) and the
+    run's end."""
 
     def epoch(self, metrics: dict, save: SaveFn) -> None:
         pass

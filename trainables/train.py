@@ -154,9 +154,10 @@ def train(cfg: TrainConfig, reporters: Sequence[Reporter] = (), resume_from: Pat
         result.accuracy = result.history[-1]["accuracy"] if result.history else None
         if pending:
             if cfg.tta:
+                t0 = time.perf_counter()
                 preds, targs = learn.tta()
                 result.accuracy_tta = float(accuracy_fn(preds, targs))
-                pending["accuracy_tta"] = result.accuracy_tta
+                pending.update(accuracy_tta=result.accuracy_tta, tta_s=time.perf_counter() - t0)
                 result.history[-1] = dict(pending)
             publish(pending)
     except BaseException:
