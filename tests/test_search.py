@@ -1,4 +1,6 @@
 """tune/run.py as a user runs it: real Ray, Optuna and fastai on tiny generated data, on the CPU."""
+import contextlib
+import csv
 import json
 import os
 import shutil
@@ -70,7 +72,6 @@ def test_smoke_search_completes_and_exports(smoke):
     best_rows = results_of(exp / p["trial"])
     assert p["value"] == best_rows[-1]["accuracy"] and len(best_rows) == SMOKE_EPOCHS
     assert p["searched"] == {k: best["config"][k] for k in p["searched"]}
-    import csv
     with open(exp / "leaderboard.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 8
@@ -198,6 +199,12 @@ def test_killed_search_resumes_without_retraining(tmp_path):
             for m in json.loads(ck.read_text())["history"]:
                 saved.setdefault(d.name, {})[m["epoch"]] = m["epoch_s"]
 
+    # an interrupted search exports as it stands: what finished, what was cut off
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(exp)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (exp / "best_config.json").is_file() and (exp / "report.md").is_file()
+
     r = run(["--resume", str(exp)], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     dirs = trial_dirs(exp)
@@ -205,6 +212,8 @@ def test_killed_search_resumes_without_retraining(tmp_path):
     for d in dirs:
         rows = results_of(d)
         assert [m["epoch"] for m in rows] == list(range(1, len(rows) + 1)), d.name   # each epoch once
+        with open(d / "progress.csv") as fh:
+            assert [int(row["epoch"]) for row in csv.DictReader(fh)] == [m["epoch"] for m in rows], d.name
         for m in rows:   # an epoch saved before the kill is replayed, not trained again
             if m["epoch"] in saved.get(d.name, {}):
                 assert m["epoch_s"] == saved[d.name][m["epoch"]]
@@ -277,6 +286,7 @@ def test_export_again_with_best_ever_scope_and_the_config_round_trips_through_fi
     assert r.returncode == 0, r.stderr
     best = json.loads((exp / "best_config.json").read_text())
     assert best["provenance"]["scope"] == "all"
+    assert best["provenance"]["value"] == max(m["accuracy"] for m in results_of(exp / best["provenance"]["trial"]))
     out = tmp_path / "final"
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "final.py"), str(exp / "best_config.json"),
                         "--epochs", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
@@ -284,6 +294,11 @@ def test_export_again_with_best_ever_scope_and_the_config_round_trips_through_fi
     m = json.loads((out / "metrics.json").read_text())
     assert m["config"] == {**best["config"], "epochs": 2}
     assert m["accuracy_tta"] is not None and len(m["history"]) == 2
+    r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(exp), "--metric", "accuracy_tta"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    tta = json.loads((exp / "best_config.json").read_text())["provenance"]
+    assert tta["metric"] == "accuracy_tta" and tta["value"] == results_of(exp / tta["trial"])[-1]["accuracy_tta"]
 
 
 def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp_path):
@@ -312,14 +327,30 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the test cluster's own setting; real ones use tokens
     ray = str(Path(sys.executable).parent / "ray")
     temp = tempfile.mkdtemp(prefix="rt")   # short: Ray's socket paths must fit in 107 characters
-    subprocess.run([ray, "start", "--head", "--num-cpus=2", "--include-dashboard=false", f"--port={port}",
-                    f"--temp-dir={temp}"], env=env, check=True, capture_output=True, timeout=120)
+    # its own process group, stopped by signal: `ray stop` would stop every Ray on this machine
+    head = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false",
+                             f"--port={port}", f"--temp-dir={temp}"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
     try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert head.poll() is None, "ray start --head failed"
+                time.sleep(0.5)
         r = subprocess.run(RUN + ["--space", "smoke", "--samples", "2", "--name", "cl", "--address",
                                   f"127.0.0.1:{port}", "--storage", str(tmp_path / "shared"), *FAST],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(15)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)   # whatever of the group outlived SIGTERM
+        head.wait()
         shutil.rmtree(temp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tmp_path / "shared" / "cl"

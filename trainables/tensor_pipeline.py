@@ -5,6 +5,9 @@ device the model runs on (airbench-style), behind fastai's own DataLoader so the
 Per batch: gather uint8 images, one grid_sample doing random-resized-crop, flip and a small rotation,
 then brightness/contrast and normalization. Validation: the whole (centre-square) image resized to
 the final size, as fastai's valid-time Resize + RandomResizedCropGPU do.
+Where it differs from fastai's path: the cache keeps each image's centre square, so crops of a
+non-square photo never reach its ends (fastai's Resize crops at random along the long side), and
+aug_transforms' small zoom and perspective warp are left out (the random-resized crop already scales).
 """
 from __future__ import annotations
 

@@ -28,7 +28,6 @@ class ExportError(UsageError):
 @dataclass
 class Trial:
     trial_id: str
-    folder: Path
     config: dict                     # every config key, defaults filled in
     params: dict                     # the values the searcher chose
     history: list = field(default_factory=list)   # one row per epoch, as reported
@@ -97,7 +96,7 @@ def load_trials(experiment: Path, study=None) -> list[Trial]:
             config = TrainConfig.from_dict(raw).to_dict()
         except ConfigError as e:
             config = dict(raw, _invalid=str(e))
-        t = Trial(trial_id=folder.name, folder=folder, config=config,
+        t = Trial(trial_id=folder.name, config=config,
                   params={k: raw[k] for k in raw if k in searched}, history=_results(folder))
         err = folder / "error.txt"
         state = states.get(t.trial_id)

@@ -93,8 +93,6 @@ class ResumableASHA(ASHAScheduler):
                 for step, value in sorted(results):
                     bracket.on_result(_Seen(trial_id), step, self._metric_op * value)
         super().on_trial_add(tune_controller, trial)
-        if trial.trial_id in self._history:
-            self._trial_info[trial.trial_id] = self._brackets[0]
 
 
 def history_from(experiment: Path, metric: str) -> dict:

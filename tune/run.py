@@ -136,7 +136,7 @@ def main(argv=None):
     from trainables.data import check
     from tune import resources
     from tune.export import ExportError, export, print_summary
-    from tune.search import Settings, build_tuner, restore_tuner
+    from tune.search import Settings, build_tuner, drop_replayed_rows, restore_tuner
 
     if args.resume:
         s = Settings.load(Path(args.resume).expanduser().resolve())
@@ -172,6 +172,8 @@ def main(argv=None):
           f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}\n"
           f"watch it: tensorboard --logdir {s.experiment}", flush=True)
     grid = tuner.fit()
+    if args.resume:
+        drop_replayed_rows(s.experiment)
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)

@@ -1,6 +1,7 @@
 """The Tuner: trainable + OptunaSearch (TPE or random) + ASHA + resources + storage under results/<name>/."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -23,7 +24,7 @@ from search_spaces import Space, parse  # noqa: E402
 from trainables.tune_report import tune_trainable  # noqa: E402
 from tune import resources  # noqa: E402
 from tune.cli import UsageError, write_json  # noqa: E402
-from tune.pruning import ResumableASHA, TruthfulOptunaSearch, history_from  # noqa: E402
+from tune.pruning import STEP, ResumableASHA, TruthfulOptunaSearch, history_from  # noqa: E402
 
 METRIC, MODE = "accuracy", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -148,3 +149,35 @@ def restore_tuner(s: Settings) -> tune.Tuner:
     # Tuner.restore takes no scheduler; the pickled one has empty rungs, so swap in the rebuilt one
     tuner._local_tuner._tune_config.scheduler = scheduler(s, history_from(s.experiment, METRIC))
     return tuner
+
+
+def drop_replayed_rows(experiment: Path) -> None:
+    """After a resume, an epoch that Ray logged after its last snapshot was reported again by the replay
+    (Ray must see it to restore the trial's state): keep each epoch's first row in result.json and
+    progress.csv, so that Ray's own logs show every epoch once."""
+    for trial in Path(experiment).iterdir():
+        for name in ("result.json", "progress.csv"):
+            f = trial / name
+            if not f.is_file():
+                continue
+            lines = f.read_text().splitlines(keepends=True)
+            if name == "result.json":
+                epochs = [_epoch_of_json(line) for line in lines]
+            else:
+                epochs = [None] + [row.get(STEP) for row in csv.DictReader(lines)]
+            seen, kept = set(), []
+            for line, epoch in zip(lines, epochs):
+                if epoch is None or epoch not in seen:
+                    kept.append(line)
+                seen.add(epoch)
+            if len(kept) < len(lines):
+                tmp = f.with_name(f".{name}.tmp")
+                tmp.write_text("".join(kept))
+                os.replace(tmp, f)
+
+
+def _epoch_of_json(line: str):
+    try:
+        return json.loads(line).get(STEP)
+    except ValueError:
+        return None
