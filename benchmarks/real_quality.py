@@ -7,7 +7,7 @@ python benchmarks/real_quality.py [--quick] [--data PATH] [--seeds 1 2 3]
    retrained with the same seeds;
 3. mean ± std accuracy with and without TTA: benchmarks/results/real_quality.{json,md}, and the search's
    report, leaderboard and best config in benchmarks/results/real_quality_search/.
-About 60 minutes on a 2-core CPU; --quick (a subset, 3 epochs, 4 trials) runs in a few minutes.
+About 75 minutes on a 2-core CPU; --quick (a subset, 3 epochs, 4 trials) runs in a few minutes.
 """
 import argparse
 import json
