@@ -10,8 +10,9 @@ class Trial:  # all ASHA reads of a trial is its id
         self.trial_id = trial_id
 
 
-def asha(history=None):
-    s = ResumableASHA(time_attr="epoch", max_t=8, grace_period=2, reduction_factor=2, history=history)
+def asha(history=None, stopped=None):
+    s = ResumableASHA(time_attr="epoch", max_t=8, grace_period=2, reduction_factor=2, history=history,
+                      stopped=stopped)
     s.set_search_properties("accuracy", "max")
     return s
 
@@ -51,3 +52,25 @@ def test_history_is_read_from_the_trials_result_files(tmp_path):
 def test_rebuilt_rungs_judge_by_the_cutoff_of_every_earlier_trial(value, action):
     history = {f"t{i}": [(2, i / 10)] for i in range(1, 9)}   # 0.1 .. 0.8, cutoff at the median
     assert decide(asha(history), "new", 2, value) == action
+
+
+def test_a_trial_stopped_before_the_interruption_is_stopped_again_when_it_replays_that_epoch():
+    history = {"a": [(2, 0.9)], "b": [(2, 0.5)], "c": [(2, 0.7)]}
+    # b's rung is recorded, so plain replay would let it go on; the study says it was stopped at 2
+    assert decide(asha(history), "b", 2, 0.5) == TrialScheduler.CONTINUE
+    assert decide(asha(history, stopped={"b": 2}), "b", 2, 0.5) == TrialScheduler.STOP
+    assert decide(asha(history, stopped={"b": 2}), "a", 2, 0.9) == TrialScheduler.CONTINUE
+
+
+def test_stopped_trials_are_read_from_the_study():
+    import optuna
+    from optuna.trial import TrialState
+    from tune.pruning import stopped_from
+    study = optuna.create_study(direction="maximize")
+    for rid, values, state in (("p", [0.1, 0.2], TrialState.PRUNED), ("c", [0.3, 0.4, 0.5], TrialState.COMPLETE)):
+        t = study.ask()
+        t.set_user_attr("ray_trial_id", rid)
+        for step, v in enumerate(values, start=1):
+            t.report(v, step)
+        study.tell(t, values[-1] if state == TrialState.COMPLETE else None, state=state)
+    assert stopped_from(study) == {"p": 2}

@@ -5,7 +5,8 @@
   trial's per-epoch intermediate values, which TPE ranks below complete trials by how far they got.
 - Ray saves no scheduler state, so after a resume ASHA's rungs would be empty and a trial that an
   uninterrupted search would stop could run to the end. ResumableASHA replays the finished and paused
-  trials' per-epoch results into its rungs before the first trial is added.
+  trials' per-epoch results into its rungs before the first trial is added, and stops again any trial
+  the study says was stopped before the interruption, should it come back from an older snapshot.
 """
 from __future__ import annotations
 
@@ -78,12 +79,21 @@ class _Seen:
 
 
 class ResumableASHA(ASHAScheduler):
-    """ASHA whose rungs start from earlier results: {trial_id: [(epoch, metric), ...]}."""
+    """ASHA whose rungs start from earlier results, {trial_id: [(epoch, metric), ...]}, and which keeps
+    earlier stops, {trial_id: epoch}: a trial replaying an epoch it passed before has its rung recorded,
+    and plain ASHA would let it go on."""
 
-    def __init__(self, *args, history: dict | None = None, **kwargs):
+    def __init__(self, *args, history: dict | None = None, stopped: dict | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._history = history or {}
+        self._stopped = stopped or {}
         self._replayed = False
+
+    def on_trial_result(self, tune_controller, trial, result):
+        if result.get(self._time_attr, 0) >= self._stopped.get(trial.trial_id, float("inf")):
+            self._num_stopped += 1
+            return self.STOP
+        return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_add(self, tune_controller, trial):
         if not self._replayed:  # the metric's sign is only known once Tune has set the search properties
@@ -107,3 +117,10 @@ def history_from(experiment: Path, metric: str) -> dict:
             if metric in r and STEP in r:
                 out.setdefault(r["trial_id"], []).append((r[STEP], r[metric]))
     return out
+
+
+def stopped_from(study) -> dict:
+    """The trials a search had stopped early (PRUNED in its study) and the epoch it stopped each at."""
+    return {t.user_attrs["ray_trial_id"]: max(t.intermediate_values)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
+            if "ray_trial_id" in t.user_attrs and t.intermediate_values}

@@ -24,7 +24,7 @@ from search_spaces import Space, parse  # noqa: E402
 from trainables.tune_report import tune_trainable  # noqa: E402
 from tune import resources  # noqa: E402
 from tune.cli import UsageError, write_json  # noqa: E402
-from tune.pruning import STEP, ResumableASHA, TruthfulOptunaSearch, history_from  # noqa: E402
+from tune.pruning import STEP, ResumableASHA, TruthfulOptunaSearch, history_from, stopped_from  # noqa: E402
 
 METRIC, MODE = "accuracy", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -105,11 +105,11 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs)
 
 
-def scheduler(s: Settings, history: dict | None = None):
+def scheduler(s: Settings, history: dict | None = None, stopped: dict | None = None):
     if s.scheduler == "none":
         return FIFOScheduler()
     return ResumableASHA(time_attr="epoch", max_t=s.max_epochs, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor, history=history)
+                         reduction_factor=s.reduction_factor, history=history, stopped=stopped)
 
 
 def progress_table(s: Settings) -> CLIReporter:
@@ -147,7 +147,12 @@ def restore_tuner(s: Settings) -> tune.Tuner:
     tuner = tune.Tuner.restore(str(s.experiment),
                                trainable(s, resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)))
     # Tuner.restore takes no scheduler; the pickled one has empty rungs, so swap in the rebuilt one
-    tuner._local_tuner._tune_config.scheduler = scheduler(s, history_from(s.experiment, METRIC))
+    try:
+        study = optuna.load_study(study_name=s.name, storage=f"sqlite:///{s.experiment / 'optuna.db'}")
+        stopped = stopped_from(study)
+    except KeyError:  # killed before the searcher made its study: nothing was stopped yet
+        stopped = {}
+    tuner._local_tuner._tune_config.scheduler = scheduler(s, history_from(s.experiment, METRIC), stopped)
     return tuner
 
 
