@@ -8,7 +8,7 @@ final accuracy of any completed trial against the epochs consumed so far by all 
 TPE + ASHA reaches random search's final best with at most a third of random search's epochs. The
 space's default config (its fixed keys, every other knob at the config's default) is trained once per
 seed as the reference line. About 25 minutes on a 2-core CPU with the defaults.
-Writes benchmarks/results/search_efficiency.{json,png}.
+Writes benchmarks/results/search_efficiency.{json,png} (search_efficiency-N-trials.* for other --samples).
 """
 import argparse
 import json
@@ -131,14 +131,15 @@ def main():
             "mean_epochs": statistics.mean(r["tpe_asha_epochs"] for r in rows if r["method"] == method)}
         print(f"{method}: reached random search's final best in {len(reached)} of {len(fractions)} seeds, using "
               f"{', '.join('never' if f is None else f'{f:.0%}' for f in fractions)} of its epochs")
-    plot(results, statistics.mean(default_accs), RESULTS / "search_efficiency.png")
-    save("search_efficiency", {
+    name = "search_efficiency" + ("" if args.samples == 16 else f"-{args.samples}-trials")
+    plot(results, statistics.mean(default_accs), RESULTS / f"{name}.png")
+    save(name, {
         "space": args.space, "samples": args.samples, "max_epochs": space.search["max_epochs"],
         "seeds": args.seeds, "summary": summary, "per_seed": rows,
         "random_mean_final_best": statistics.mean(c[-1][1] for c in results[RANDOM]),
         "default_config_accuracy": default_accs,
         "target": "TPE + ASHA reaches random search's final best within 1/3 of its epochs",
-        "curves": results, "plot": "search_efficiency.png"})
+        "curves": results, "plot": f"{name}.png"})
 
 
 if __name__ == "__main__":
