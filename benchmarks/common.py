@@ -25,13 +25,14 @@ def save(name: str, payload: dict) -> Path:
     return out
 
 
-def real_subset(dst: Path, n_train: int, n_val: int) -> Path:
-    """Links to the first n images of each class of the real photos, in the Imagenette layout."""
+def real_subset(dst: Path, n_train: int, n_val: int, src: Path = REAL_DATA) -> Path:
+    """Links to the first n images of each class of an Imagenette-layout folder (the real photos by default)."""
+    src = Path(src).resolve()
     for split, n in (("train", n_train), ("val", n_val)):
-        for wnid in sorted(os.listdir(REAL_DATA / split)):
+        for wnid in sorted(os.listdir(src / split)):
             (dst / split / wnid).mkdir(parents=True, exist_ok=True)
-            for f in sorted(os.listdir(REAL_DATA / split / wnid))[:n]:
+            for f in sorted(os.listdir(src / split / wnid))[:n]:
                 link = dst / split / wnid / f
                 if not link.exists():
-                    os.symlink(REAL_DATA / split / wnid / f, link)
+                    os.symlink(src / split / wnid / f, link)
     return dst

@@ -103,6 +103,7 @@ def main():
                for g, f in (a.split(":") for a in settings)}
     results = {RANDOM: [], **{m: [] for m in methods}}
     rows = []
+    name = "search_efficiency" + ("" if args.samples == 16 else f"-{args.samples}-trials")
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             rnd = anytime(run_search(args.space, args.samples, seed, "random", "none", Path(tmp), []))
@@ -117,8 +118,19 @@ def main():
                              "tpe_asha_epochs_to_random_best": reach,
                              "fraction_of_random_epochs": None if reach is None else reach / total})
                 print(json.dumps(rows[-1]), flush=True)
+            # an interrupted run keeps the seeds it finished (hours of CPU at 32 trials)
+            save(name, payload(args, space, methods, rows, results, None, name))
     default_cfg = TrainConfig.from_dict({**space.fixed, "epochs": space.search["max_epochs"]})
     default_accs = [train(default_cfg.replace(seed=42 + s, tta=False)).accuracy for s in args.seeds]
+    for method, m in payload(args, space, methods, rows, results, default_accs, name)["summary"].items():
+        print(f"{method}: reached random search's final best in {m['seeds_reaching_random_best']} seeds, using "
+              f"{', '.join('never' if f is None else f'{f:.0%}' for f in m['fractions_of_random_epochs'])} "
+              "of its epochs")
+    plot(results, statistics.mean(default_accs), RESULTS / f"{name}.png")
+    save(name, payload(args, space, methods, rows, results, default_accs, name))
+
+
+def payload(args, space, methods, rows, results, default_accs, name) -> dict:
     summary = {}
     for method in methods:
         fractions = [r["fraction_of_random_epochs"] for r in rows if r["method"] == method]
@@ -129,18 +141,14 @@ def main():
             "seeds_within_a_third": sum(f <= 1 / 3 for f in reached),
             "mean_final_best": statistics.mean(r["tpe_asha_best"] for r in rows if r["method"] == method),
             "mean_epochs": statistics.mean(r["tpe_asha_epochs"] for r in rows if r["method"] == method)}
-        print(f"{method}: reached random search's final best in {len(reached)} of {len(fractions)} seeds, using "
-              f"{', '.join('never' if f is None else f'{f:.0%}' for f in fractions)} of its epochs")
-    name = "search_efficiency" + ("" if args.samples == 16 else f"-{args.samples}-trials")
-    plot(results, statistics.mean(default_accs), RESULTS / f"{name}.png")
-    save(name, {
+    return {
         "space": args.space, "samples": args.samples, "max_epochs": space.search["max_epochs"],
-        "seeds": args.seeds, "summary": summary, "per_seed": rows,
+        "seeds": sorted({r["seed"] for r in rows}), "complete": default_accs is not None,
+        "summary": summary, "per_seed": rows,
         "random_mean_final_best": statistics.mean(c[-1][1] for c in results[RANDOM]),
         "default_config_accuracy": default_accs,
         "target": "TPE + ASHA reaches random search's final best within 1/3 of its epochs",
-        "curves": results, "plot": f"{name}.png"})
-
+        "curves": results, "plot": f"{name}.png" if default_accs is not None else None}
 
 if __name__ == "__main__":
     main()

@@ -144,3 +144,25 @@ def test_real_photos_index_and_load_including_greyscale():
     grey = next(f for f in idx.files if Image.open(REAL_DATA / f).mode == "L")
     img = PILImage.create(REAL_DATA / grey)
     assert img.mode == "RGB"
+
+
+def test_small_copy_resizes_keeps_the_layout_and_leaves_out_unreadable_images(tmp_path):
+    root = tmp_path / "src"
+    shutil.copytree(prepare(TINY_DATA), root)
+    bad = sorted(root.glob("val/*/*.JPEG"))[0]
+    bad.write_bytes(b"not a jpeg at all")
+    copy = [sys.executable, str(ROOT / "tune" / "small_copy.py"), str(root), str(tmp_path / "small"),
+            "--size", "40", "--workers", "1"]
+    r = subprocess.run(copy, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    small = tmp_path / "small"
+    kept = sorted(p.relative_to(root) for p in root.rglob("*.JPEG") if p != bad)
+    assert sorted(p.relative_to(small) for p in small.rglob("*.JPEG")) == kept
+    sizes = [Image.open(small / f).size for f in kept]
+    assert max(max(s) for s in sizes) == 40                         # the generated images are larger
+    assert {Image.open(small / f).mode for f in kept} == {"RGB"}
+    assert (small / "noisy_imagenette.csv").read_bytes() == (root / "noisy_imagenette.csv").read_bytes()
+    assert "1 unreadable left out" in r.stdout and not list(tmp_path.glob(".small.partial-*"))
+    assert len(index(small).files) == len(kept)
+    again = subprocess.run(copy, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1 and "already exists" in again.stderr

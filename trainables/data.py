@@ -52,7 +52,7 @@ def _lock(key: str) -> FileLock:
     return FileLock(str(locks / f"{key}.lock"))
 
 
-def _atomic_dir(final: Path, build) -> Path:
+def atomic_dir(final: Path, build) -> Path:
     """Build a folder beside `final` and rename it into place; the caller holds the lock."""
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
@@ -99,7 +99,7 @@ def prepare(data: str) -> Path:
             with _lock(spec.dirname):
                 if not final.is_dir():
                     print(f"generating {data} into {final} ...", flush=True)
-                    _atomic_dir(final, lambda tmp: generate(spec, tmp))
+                    atomic_dir(final, lambda tmp: generate(spec, tmp))
         path = final
     elif data in REAL:
         path = _fetch_real(data)
