@@ -14,6 +14,13 @@ RESULTS = ROOT / "benchmarks" / "results"
 REAL_DATA = Path(os.environ.get("IMAGENETTE_REAL", ROOT.parent / "shared" / "data" / "imagenette2-224sq"))
 
 
+def label(data: str) -> str:
+    """A dataset as results name it: no machine's path in what is committed."""
+    if Path(data).resolve() == REAL_DATA.resolve():
+        return "real photos (imagenette2, squished to 224x224)"
+    return Path(data).name if Path(data).is_dir() else data
+
+
 def save(name: str, payload: dict) -> Path:
     from trainables.provenance import git_commit, machine, versions
     RESULTS.mkdir(parents=True, exist_ok=True)

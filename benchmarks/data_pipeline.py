@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import REAL_DATA, real_subset, save
+from common import REAL_DATA, label, real_subset, save
 
 from trainables.config import TrainConfig
 from trainables.data import index, prepare, tensor_cache
@@ -65,7 +65,7 @@ def main():
                   f"{r.history[0]['images_per_s']:.0f} images/s", flush=True)
     ratio = rates["tensor"] / rates["fastai"]
     save("data_pipeline", {
-        "data": "real photos (imagenette2-224sq)" if data == str(REAL_DATA) else data,
+        "data": label(data),
         "images": len(idx.files), "size": args.size, "batch_size": base.bs, "batches": args.batches,
         "loader_images_per_s": rates, "ratio_tensor_over_fastai": ratio,
         "tensor_cache_build_s": cache_s, "one_epoch_tiny_64px": epochs,

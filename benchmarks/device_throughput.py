@@ -16,7 +16,7 @@ import sys
 import time
 
 import torch
-from common import REAL_DATA, ROOT, save
+from common import REAL_DATA, ROOT, label, save
 
 from trainables.config import TrainConfig
 from trainables.learner import make_model, resolve_precision
@@ -90,7 +90,7 @@ def main():
     data = args.data or (str(REAL_DATA) if REAL_DATA.is_dir() else "synthetic:train=1000")
     cfg = TrainConfig(data=data, arch=args.arch, size=args.size, bs=args.bs, epochs=2, tta=False, lr=1e-3)
     from trainables.train import train
-    out = {"arch": args.arch, "size": args.size, "bs": args.bs, "data": data,
+    out = {"arch": args.arch, "size": args.size, "bs": args.bs, "data": label(data),
            "precision": resolve_precision(cfg.precision), "bound_images_per_s": bound(cfg, args.seconds)}
     print(f"bound (random tensors on the device): {out['bound_images_per_s']:.0f} images/s", flush=True)
     for pipe in ("fastai", "tensor"):

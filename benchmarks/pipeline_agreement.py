@@ -9,7 +9,7 @@ import argparse
 import math
 import statistics
 
-from common import save
+from common import label, save
 
 from trainables.config import TrainConfig
 from trainables.train import train
@@ -39,7 +39,7 @@ def main():
     f, t = rows["fastai"], rows["tensor"]
     diff = t["accuracy_mean"] - f["accuracy_mean"]
     se = math.sqrt((f["accuracy_std"] ** 2 + t["accuracy_std"] ** 2) / len(args.seeds))
-    save("pipeline_agreement", {"config": base.to_dict(), "seeds": args.seeds, "paths": rows,
+    save("pipeline_agreement", {"config": {**base.to_dict(), "data": label(base.data)}, "seeds": args.seeds, "paths": rows,
                                 "difference_points": 100 * diff, "standard_error_points": 100 * se,
                                 "agree": abs(diff) < 2 * se,
                                 "criterion": "|tensor - fastai| < 2 standard errors of the difference"})

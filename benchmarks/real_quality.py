@@ -23,10 +23,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import REAL_DATA, RESULTS, ROOT, real_subset, save
+from common import REAL_DATA, RESULTS, ROOT, label, real_subset, save
 
 from search_spaces import load
 from trainables.config import TrainConfig
+from trainables.data import DataError, prepare
 from trainables.provenance import machine
 from trainables.train import train
 
@@ -44,11 +45,13 @@ def ladder(size: int) -> list[tuple[str, dict]]:
 
 
 def budget(space_name: str, quick: bool) -> dict:
-    """The per-run budget both sides share: the space's fixed arch, size, batch, data path and epochs."""
+    """The per-run budget both sides share: the space's fixed keys (arch, size, batch, data path, ...) but
+    its data, and the epochs of a trial that completes."""
     space = load(space_name)
-    keys = ("arch", "size", "bs", "pipeline")
-    out = {k: space.fixed[k] for k in keys}
-    out["epochs"] = 3 if quick else space.search["max_epochs"]
+    defaults = TrainConfig()
+    out = {k: space.fixed.get(k, getattr(defaults, k)) for k in ("arch", "size", "bs", "pipeline")}
+    out.update({k: v for k, v in space.fixed.items() if k != "data"})
+    out["epochs"] = 3 if quick else space.search.get("max_epochs", space.fixed.get("epochs", defaults.epochs))
     return out
 
 
@@ -85,11 +88,10 @@ def search(space: str, data: str, quick: bool, results: Path, extra: list) -> tu
     return json.loads((results / "real_quality" / "best_config.json").read_text()), time.perf_counter() - t0
 
 
-def portable(text: str, data: str, tmp: str) -> str:
-    """This machine's paths out of what is committed: the data folder by name, the temporary search by its
-    results/ name."""
-    return (text.replace(str(Path(tmp) / "results"), "results")
-            .replace(data, "real-photos" + ("-subset" if data.startswith(tmp) else "")))
+def portable(text: str, data: str, tmp: str, name: str) -> str:
+    """This machine's paths out of what is committed: the data folder (an absolute path) by `name`, the
+    temporary search by its results/ name."""
+    return text.replace(str(Path(tmp) / "results"), "results").replace(data, name)
 
 
 def table(rows: list[dict], header: str) -> str:
@@ -112,9 +114,12 @@ def main():
     seeds = args.seeds or ([1, 2] if args.quick else [1, 2, 3])
     t_start = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        data = args.data or str(REAL_DATA)
-        if not Path(data).is_dir():
-            sys.exit(f"no Imagenette folder at {data}; pass --data PATH")
+        try:   # a folder or a dataset name, as --data takes it everywhere; absolute from here on
+            source = data = str(prepare(args.data or str(REAL_DATA)))
+        except DataError as e:
+            sys.exit(f"error: {e}")
+        short = ("real-photos" if Path(data) == REAL_DATA.resolve() else Path(data).name) + \
+            ("-subset" if args.quick else "")
         if args.quick:
             data = str(real_subset(Path(tmp) / "subset", 100, 30, src=Path(data)))
         b = budget(args.space, args.quick)
@@ -132,7 +137,7 @@ def main():
         print(f"searched config (trial {best['provenance']['trial']}): {best['provenance']['searched']}", flush=True)
         rows.append(summarize("searched (TPE + ASHA)", "searched", train_seeds(searched, seeds), searched.to_dict()))
         for r in rows:
-            r["config"]["data"] = portable(r["config"]["data"], data, tmp)
+            r["config"]["data"] = short
 
         name = "real_quality" + ("" if args.space == "real_cpu" else f"-{Path(args.space).stem}") + \
             ("_quick" if args.quick else "")
@@ -141,7 +146,7 @@ def main():
         exp = Path(tmp) / "results" / "real_quality"
         out_dir.mkdir(parents=True)
         for f in ("report.md", "leaderboard.csv", "best_config.json"):
-            (out_dir / f).write_text(portable((exp / f).read_text(), data, tmp))
+            (out_dir / f).write_text(portable((exp / f).read_text(), data, tmp, short))
         shutil.copytree(exp / "report", out_dir / "report")
 
     best_ladder = max((r for r in rows if r["kind"] == "ladder"), key=lambda r: r["accuracy_mean"])
@@ -151,9 +156,8 @@ def main():
     verdict = {"best_ladder_rung": best_ladder["name"], "gain_points": 100 * gain, "spread_points": 100 * spread,
                "target_met": gain >= 0.02 and gain > spread}
     total_s, gpus = time.perf_counter() - t_start, torch.cuda.device_count()
-    source = Path(args.data).name if args.data else "real photos (imagenette2, squished to 224x224)"
-    budget_info = {**b, "data": source + (" subset" if args.quick else ""),
-                   "seeds": seeds, "space": args.space, "gpus_per_trial": args.gpus_per_trial,
+    budget_info = {**b, "data": label(source) + (" subset" if args.quick else ""),
+                   "seeds": seeds, "space": Path(args.space).stem, "gpus_per_trial": args.gpus_per_trial,
                    "search_trials": 4 if args.quick else load(args.space).search["samples"],
                    "search_s": search_s, "total_s": total_s,
                    "gpus": gpus, "search_gpu_hours": search_s * gpus / 3600, "total_gpu_hours": total_s * gpus / 3600}

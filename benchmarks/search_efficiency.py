@@ -130,6 +130,12 @@ def main():
     save(name, payload(args, space, methods, rows, results, default_accs, name))
 
 
+def mean_of(values):
+    """The mean of the searches that completed a trial (None where none did)."""
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
 def payload(args, space, methods, rows, results, default_accs, name) -> dict:
     summary = {}
     for method in methods:
@@ -139,13 +145,13 @@ def payload(args, space, methods, rows, results, default_accs, name) -> dict:
             "fractions_of_random_epochs": fractions,
             "seeds_reaching_random_best": f"{len(reached)} of {len(fractions)}",
             "seeds_within_a_third": sum(f <= 1 / 3 for f in reached),
-            "mean_final_best": statistics.mean(r["tpe_asha_best"] for r in rows if r["method"] == method),
+            "mean_final_best": mean_of(r["tpe_asha_best"] for r in rows if r["method"] == method),
             "mean_epochs": statistics.mean(r["tpe_asha_epochs"] for r in rows if r["method"] == method)}
     return {
-        "space": args.space, "samples": args.samples, "max_epochs": space.search["max_epochs"],
+        "space": Path(args.space).stem, "samples": args.samples, "max_epochs": space.search["max_epochs"],
         "seeds": sorted({r["seed"] for r in rows}), "complete": default_accs is not None,
         "summary": summary, "per_seed": rows,
-        "random_mean_final_best": statistics.mean(c[-1][1] for c in results[RANDOM]),
+        "random_mean_final_best": mean_of(c[-1][1] for c in results[RANDOM]),
         "default_config_accuracy": default_accs,
         "target": "TPE + ASHA reaches random search's final best within 1/3 of its epochs",
         "curves": results, "plot": f"{name}.png" if default_accs is not None else None}

@@ -1,11 +1,12 @@
 """A smaller copy of an Imagenette-layout dataset, to carry to a machine with no network:
-python tune/small_copy.py SRC DST [--size 128] [--quality 85]
+python tune/small_copy.py SRC DST [--size 160] [--quality 85]
 
 SRC is a folder in the Imagenette layout or a dataset name (imagenette-320, ...). Every readable image of
-train/ and val/ is written with its longer side at most --size pixels (fastai's resize_image, as RGB
-JPEG); unreadable ones are left out and named; noisy_imagenette.csv and the other top-level files are
-copied. The copy is built beside DST and renamed into place, so an interrupted copy never looks complete.
-Train from it with --data DST at a size of at most --size.
+train/ and val/ is written in RGB with its shorter side at most --size pixels, as fastai's imagenette-160
+is (never enlarged; JPEG files at --quality); unreadable ones are left out and named; noisy_imagenette.csv
+and the other top-level files are copied. The copy is built beside DST and renamed into place, so an
+interrupted copy never looks complete. Training at size S reads images at presize(S) (160 px for 128), so
+--size below that trades some sharpness for a smaller copy.
 """
 from __future__ import annotations
 
@@ -24,16 +25,29 @@ def parse_args(argv):
     p = Parser(prog="tune/small_copy.py", description=__doc__.split("\n\n")[0])
     p.add_argument("src", help="Imagenette-layout folder or dataset name")
     p.add_argument("dst", help="new folder for the copy (must not exist or be empty)")
-    p.add_argument("--size", type=int, default=128, help="longer side at most this many pixels (default 128)")
+    p.add_argument("--size", type=int, default=160, help="shorter side at most this many pixels (default 160)")
     p.add_argument("--quality", type=int, default=85, help="JPEG quality, 1-95 (default 85)")
     p.add_argument("--workers", type=int, help="processes (default: every core)")
     return p.parse_args(argv)
 
 
+def shrink(rel: str, src: Path, dst: Path, size: int, quality: int) -> None:
+    """One image with its shorter side at most `size` (fastai's resize_image bounds the longer side)."""
+    from PIL import Image
+    out = dst / rel
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src / rel) as im:
+        im.draft("RGB", (size, size))   # JPEG decodes at a reduced scale that still covers `size`
+        im = im.convert("RGB")
+        k = size / min(im.size)
+        if k < 1:
+            im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.BILINEAR)
+        im.save(out, quality=quality)
+
+
 def write_copy(root: Path, files: list[str], tmp: Path, size: int, quality: int, workers: int) -> None:
-    from fastai.vision.utils import resize_image
     from fastcore.parallel import parallel
-    parallel(resize_image, files, src=root, dest=tmp, max_size=size, n_workers=workers, quality=quality,
+    parallel(shrink, files, src=root, dst=tmp, size=size, quality=quality, n_workers=workers,
              progress=sys.stdout.isatty())
     for f in root.iterdir():
         if f.is_file():
@@ -46,6 +60,8 @@ def main(argv=None) -> int:
         raise UsageError(f"--size {args.size}: use at least 8 pixels")
     if not 1 <= args.quality <= 95:
         raise UsageError(f"--quality {args.quality}: use 1 to 95 (PIL's useful range)")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: use at least 1")
     quiet()
     from trainables.data import atomic_dir, index, prepare
     dst = Path(args.dst).expanduser().resolve()
@@ -56,7 +72,8 @@ def main(argv=None) -> int:
         raise UsageError(f"the copy cannot go inside its source {root}")
     idx = index(root)   # the verified file list: unreadable images are named there and left out here
     t0 = time.time()
-    print(f"copying {len(idx.files)} images of {root} at most {args.size} px, JPEG quality {args.quality} ...",
+    print(f"copying {len(idx.files)} images of {root}, shorter side at most {args.size} px, JPEG quality "
+          f"{args.quality} ...",
           flush=True)
     atomic_dir(dst, lambda tmp: write_copy(root, idx.files, tmp, args.size, args.quality,
                                            args.workers or os.cpu_count() or 1))
