@@ -8,7 +8,8 @@ final accuracy of any completed trial against the epochs consumed so far by all 
 TPE + ASHA reaches random search's final best with at most a third of random search's epochs. The
 space's default config (its fixed keys, every other knob at the config's default) is trained once per
 seed as the reference line. About 25 minutes on a 2-core CPU with the defaults.
-Writes benchmarks/results/search_efficiency.{json,png} (search_efficiency-N-trials.* for other --samples).
+Writes benchmarks/results/search_efficiency.{json,png} (search_efficiency-N-trials.* for other --samples,
+--name NAME.* to keep an earlier run's results, e.g. when more seeds are added in a separate run).
 """
 import argparse
 import json
@@ -93,6 +94,7 @@ def main():
     p.add_argument("--space", default="small")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--name", help="results file name (default: search_efficiency[-N-trials])")
     p.add_argument("--asha", nargs="+", metavar="GRACE:FACTOR",
                    help="TPE + ASHA settings to compare (default: the space's own, and 2:3)")
     args = p.parse_args()
@@ -103,7 +105,7 @@ def main():
                for g, f in (a.split(":") for a in settings)}
     results = {RANDOM: [], **{m: [] for m in methods}}
     rows = []
-    name = "search_efficiency" + ("" if args.samples == 16 else f"-{args.samples}-trials")
+    name = args.name or "search_efficiency" + ("" if args.samples == 16 else f"-{args.samples}-trials")
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             rnd = anytime(run_search(args.space, args.samples, seed, "random", "none", Path(tmp), []))
