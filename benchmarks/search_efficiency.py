@@ -124,12 +124,13 @@ def main():
             save(name, payload(args, space, methods, rows, results, None, name))
     default_cfg = TrainConfig.from_dict({**space.fixed, "epochs": space.search["max_epochs"]})
     default_accs = [train(default_cfg.replace(seed=42 + s, tta=False)).accuracy for s in args.seeds]
-    for method, m in payload(args, space, methods, rows, results, default_accs, name)["summary"].items():
+    final = payload(args, space, methods, rows, results, default_accs, name)
+    for method, m in final["summary"].items():
         print(f"{method}: reached random search's final best in {m['seeds_reaching_random_best']} seeds, using "
               f"{', '.join('never' if f is None else f'{f:.0%}' for f in m['fractions_of_random_epochs'])} "
               "of its epochs")
     plot(results, statistics.mean(default_accs), RESULTS / f"{name}.png")
-    save(name, payload(args, space, methods, rows, results, default_accs, name))
+    save(name, final)
 
 
 def mean_of(values):
@@ -157,6 +158,7 @@ def payload(args, space, methods, rows, results, default_accs, name) -> dict:
         "default_config_accuracy": default_accs,
         "target": "TPE + ASHA reaches random search's final best within 1/3 of its epochs",
         "curves": results, "plot": f"{name}.png" if default_accs is not None else None}
+
 
 if __name__ == "__main__":
     main()

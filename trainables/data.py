@@ -298,6 +298,34 @@ def tensor_cache(idx: DatasetIndex, px: int):
     return np.load(final, mmap_mode="r")
 
 
+def _shrink(rel: str, src: Path, dst: Path, size: int, quality: int) -> None:
+    """One image with its shorter side at most `size` (fastai's resize_image bounds the longer side)."""
+    from PIL import Image
+    out = dst / rel
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with Image.open(src / rel) as im:
+        im.draft("RGB", (size, size))   # JPEG decodes at a reduced scale that still covers `size`
+        im = im.convert("RGB")
+        k = size / min(im.size)
+        if k < 1:
+            im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.BILINEAR)
+        im.save(out, quality=quality)
+
+
+def small_copy(idx: DatasetIndex, dst: Path, size: int, quality: int, workers: int, progress: bool = False) -> Path:
+    """The readable images of an index with their shorter side at most `size` (as fastai's imagenette-160),
+    plus the dataset's top-level files, published at `dst` by an atomic rename."""
+    from fastcore.parallel import parallel
+
+    def build(tmp: Path) -> None:
+        parallel(_shrink, idx.files, src=idx.root, dst=tmp, size=size, quality=quality, n_workers=workers,
+                 progress=progress)
+        for f in idx.root.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+    return atomic_dir(dst, build)
+
+
 def _read_json(p: Path):
     try:
         return json.loads(p.read_text())

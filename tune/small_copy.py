@@ -11,7 +11,6 @@ interrupted copy never looks complete. Training at size S reads images at presiz
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -31,29 +30,6 @@ def parse_args(argv):
     return p.parse_args(argv)
 
 
-def shrink(rel: str, src: Path, dst: Path, size: int, quality: int) -> None:
-    """One image with its shorter side at most `size` (fastai's resize_image bounds the longer side)."""
-    from PIL import Image
-    out = dst / rel
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with Image.open(src / rel) as im:
-        im.draft("RGB", (size, size))   # JPEG decodes at a reduced scale that still covers `size`
-        im = im.convert("RGB")
-        k = size / min(im.size)
-        if k < 1:
-            im = im.resize((max(1, round(im.width * k)), max(1, round(im.height * k))), Image.BILINEAR)
-        im.save(out, quality=quality)
-
-
-def write_copy(root: Path, files: list[str], tmp: Path, size: int, quality: int, workers: int) -> None:
-    from fastcore.parallel import parallel
-    parallel(shrink, files, src=root, dst=tmp, size=size, quality=quality, n_workers=workers,
-             progress=sys.stdout.isatty())
-    for f in root.iterdir():
-        if f.is_file():
-            shutil.copy2(f, tmp / f.name)
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     if args.size < 8:
@@ -63,7 +39,7 @@ def main(argv=None) -> int:
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers}: use at least 1")
     quiet()
-    from trainables.data import atomic_dir, index, prepare
+    from trainables.data import index, prepare, small_copy
     dst = Path(args.dst).expanduser().resolve()
     if dst.exists() and (not dst.is_dir() or any(dst.iterdir())):
         raise UsageError(f"destination {dst} already exists; choose another or remove it")
@@ -73,10 +49,8 @@ def main(argv=None) -> int:
     idx = index(root)   # the verified file list: unreadable images are named there and left out here
     t0 = time.time()
     print(f"copying {len(idx.files)} images of {root}, shorter side at most {args.size} px, JPEG quality "
-          f"{args.quality} ...",
-          flush=True)
-    atomic_dir(dst, lambda tmp: write_copy(root, idx.files, tmp, args.size, args.quality,
-                                           args.workers or os.cpu_count() or 1))
+          f"{args.quality} ...", flush=True)
+    small_copy(idx, dst, args.size, args.quality, args.workers or os.cpu_count() or 1, sys.stdout.isatty())
     mib = sum(f.stat().st_size for f in dst.rglob("*") if f.is_file()) / 2**20
     print(f"wrote {dst}: {len(idx.files)} images ({len(idx.skipped)} unreadable left out), {mib:.1f} MiB, "
           f"in {time.time() - t0:.0f} s")
