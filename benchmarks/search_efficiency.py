@@ -19,12 +19,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-import optuna
 from common import RESULTS, ROOT, save
 
 from search_spaces import load
 from trainables.config import TrainConfig
 from trainables.train import train
+from tune.trials import Experiment
 
 
 def run_search(space, samples, seed, searcher, scheduler, root: Path, extra, tag="") -> Path:
@@ -44,14 +44,15 @@ def anytime(exp: Path) -> list[tuple[int, float | None]]:
     An epoch ends at its trial's start plus the trial's reported running time; a trial's accuracy counts
     once it has completed its schedule (Optuna's COMPLETE), never at an epoch where ASHA stopped it.
     """
-    study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{exp / 'optuna.db'}")
-    complete = {t.user_attrs.get("ray_trial_id") for t in study.trials if t.state.name == "COMPLETE"}
+    experiment = Experiment(exp)
     events = []
-    for f in exp.glob("*/result.json"):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    for t in experiment.trials(experiment.study()):
+        rows = t.history
+        if not rows:
+            continue
         start = rows[0]["timestamp"] - rows[0]["time_total_s"]
         for r in rows:
-            last = r is rows[-1] and r["trial_id"] in complete
+            last = r is rows[-1] and t.status == "completed"
             events.append((start + r["time_total_s"], r["accuracy"] if last else None))
     curve, best = [], None
     for n, (_, done) in enumerate(sorted(events, key=lambda e: e[0]), start=1):

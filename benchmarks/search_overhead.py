@@ -9,7 +9,6 @@ overhead = 1 - work / (slots * wall). It counts everything else: Python and Ray 
 preparation, each trial's set-up, checkpoints and reports, the idle slot while the last trial finishes,
 and the export at the end. Writes benchmarks/results/search_overhead.json.
 """
-import json
 import os
 import re
 import subprocess
@@ -21,6 +20,8 @@ from pathlib import Path
 import torch
 from common import ROOT, save
 
+from tune.trials import Experiment
+
 
 def search(extra: list[str], home: Path, results: Path, name: str) -> dict:
     env = {**os.environ, "IMAGENETTE_TUNE_HOME": str(home)}
@@ -30,11 +31,11 @@ def search(extra: list[str], home: Path, results: Path, name: str) -> dict:
     wall, ended = time.perf_counter() - t0, time.time()
     if r.returncode:
         sys.exit(f"search failed:\n{r.stderr[-3000:]}")
-    exp = results / name
-    settings = json.loads((exp / "search.json").read_text())
+    exp = Experiment(results / name)
+    settings = exp.settings()
     trials = []
-    for f in exp.glob("*/result.json"):
-        rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
+    for t in exp.trials():
+        rows = t.history
         if not rows:  # a trial that failed before its first epoch
             continue
         start = rows[0]["timestamp"] - rows[0]["time_total_s"]  # Ray's timestamps are whole seconds

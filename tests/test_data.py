@@ -85,7 +85,7 @@ CACHE_RACE = """
 import sys
 sys.path.insert(0, {root!r})
 from trainables.data import index, prepare, tensor_cache
-arr = tensor_cache(index(prepare({name!r})), 40)
+arr = tensor_cache(index(prepare({name!r})), 32)   # trains at 32 px: 40 px cached
 print("SHAPE", arr.shape, int(arr[-1].sum()))
 """
 

@@ -1,8 +1,17 @@
 """The two pieces the project adds to Ray Tune's ASHA and OptunaSearch, checked on their own."""
+import itertools
+import json
+from pathlib import Path
+
+import optuna
 import pytest
+from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
-from tune.pruning import ResumableASHA, history_from
+from tune.pruning import ResumableASHA
+from tune.trials import Experiment
+
+_folders = itertools.count()
 
 
 class Trial:  # all ASHA reads of a trial is its id
@@ -10,9 +19,28 @@ class Trial:  # all ASHA reads of a trial is its id
         self.trial_id = trial_id
 
 
-def asha(history=None, stopped=None):
-    s = ResumableASHA(time_attr="epoch", max_t=8, grace_period=2, reduction_factor=2, history=history,
-                      stopped=stopped)
+def experiment(root: Path, history=None, stopped=None) -> Path:
+    """An experiment folder as a search leaves it: each trial's result.json, and a study whose PRUNED trials
+    are `stopped` ({trial_id: epoch})."""
+    exp = root / f"exp{next(_folders)}"
+    for trial_id, rows in (history or {}).items():
+        (exp / trial_id).mkdir(parents=True)
+        (exp / trial_id / "params.json").write_text("{}")
+        (exp / trial_id / "result.json").write_text(
+            "".join(json.dumps({"trial_id": trial_id, "epoch": e, "accuracy": a}) + "\n" for e, a in rows))
+    exp.mkdir(parents=True, exist_ok=True)
+    study = optuna.create_study(study_name=exp.name, storage=f"sqlite:///{exp / 'optuna.db'}", direction="maximize")
+    for trial_id, epoch in (stopped or {}).items():
+        t = study.ask()
+        t.set_user_attr("ray_trial_id", trial_id)
+        t.report(0.0, epoch)
+        study.tell(t, state=TrialState.PRUNED)
+    return exp
+
+
+def asha(root, history=None, stopped=None):
+    s = ResumableASHA(time_attr="epoch", max_t=8, grace_period=2, reduction_factor=2,
+                      experiment=str(experiment(root, history, stopped)))
     s.set_search_properties("accuracy", "max")
     return s
 
@@ -23,16 +51,16 @@ def decide(s, trial_id, epoch, accuracy):
     return s.on_trial_result(None, t, {"epoch": epoch, "accuracy": accuracy})
 
 
-def test_rungs_rebuilt_from_earlier_results_stop_a_trial_an_uninterrupted_search_would_stop():
+def test_rungs_rebuilt_from_earlier_results_stop_a_trial_an_uninterrupted_search_would_stop(tmp_path):
     before = {"a": [(1, 0.5), (2, 0.9)], "b": [(1, 0.4), (2, 0.8)], "c": [(2, 0.85), (4, 0.9)]}
-    assert decide(asha(before), "new", 2, 0.6) == TrialScheduler.STOP
-    assert decide(asha(before), "new", 2, 0.95) == TrialScheduler.CONTINUE
+    assert decide(asha(tmp_path, before), "new", 2, 0.6) == TrialScheduler.STOP
+    assert decide(asha(tmp_path, before), "new", 2, 0.95) == TrialScheduler.CONTINUE
     # without the rebuilt rungs, the first trial to reach a rung always goes on
-    assert decide(asha(), "new", 2, 0.6) == TrialScheduler.CONTINUE
+    assert decide(asha(tmp_path), "new", 2, 0.6) == TrialScheduler.CONTINUE
 
 
-def test_a_resumed_trial_keeps_its_place_and_is_not_judged_twice_at_a_rung_it_passed():
-    s = asha({"a": [(2, 0.9)], "b": [(2, 0.5)], "c": [(2, 0.7)]})
+def test_a_resumed_trial_keeps_its_place_and_is_not_judged_twice_at_a_rung_it_passed(tmp_path):
+    s = asha(tmp_path, {"a": [(2, 0.9)], "b": [(2, 0.5)], "c": [(2, 0.7)]})
     assert decide(s, "b", 3, 0.55) == TrialScheduler.CONTINUE   # b passed rung 2 before the interruption
     assert s.on_trial_result(None, Trial("b"), {"epoch": 4, "accuracy": 0.1}) == TrialScheduler.CONTINUE
     assert decide(s, "d", 4, 0.05) == TrialScheduler.STOP       # the rung at 4 now holds b's value
@@ -45,21 +73,23 @@ def test_history_is_read_from_the_trials_result_files(tmp_path):
         '{"trial_id": "t1", "epoch": 3, "acc')   # a line cut short by a kill
     (tmp_path / "t2").mkdir()
     (tmp_path / "t2" / "result.json").write_text('{"trial_id": "t2", "epoch": 1, "accuracy": 0.6}\n')
-    assert history_from(tmp_path, "accuracy") == {"t1": [(1, 0.3), (2, 0.4)], "t2": [(1, 0.6)]}
+    (tmp_path / "t1" / "params.json").write_text("{}")
+    (tmp_path / "t2" / "params.json").write_text("{}")
+    assert Experiment(tmp_path).metric_history("accuracy") == {"t1": [(1, 0.3), (2, 0.4)], "t2": [(1, 0.6)]}
 
 
 @pytest.mark.parametrize("value, action", [(0.2, TrialScheduler.STOP), (0.99, TrialScheduler.CONTINUE)])
-def test_rebuilt_rungs_judge_by_the_cutoff_of_every_earlier_trial(value, action):
+def test_rebuilt_rungs_judge_by_the_cutoff_of_every_earlier_trial(tmp_path, value, action):
     history = {f"t{i}": [(2, i / 10)] for i in range(1, 9)}   # 0.1 .. 0.8, cutoff at the median
-    assert decide(asha(history), "new", 2, value) == action
+    assert decide(asha(tmp_path, history), "new", 2, value) == action
 
 
-def test_a_trial_stopped_before_the_interruption_is_stopped_again_when_it_replays_that_epoch():
+def test_a_trial_stopped_before_the_interruption_is_stopped_again_when_it_replays_that_epoch(tmp_path):
     history = {"a": [(2, 0.9)], "b": [(2, 0.5)], "c": [(2, 0.7)]}
     # b's rung is recorded, so plain replay would let it go on; the study says it was stopped at 2
-    assert decide(asha(history), "b", 2, 0.5) == TrialScheduler.CONTINUE
-    assert decide(asha(history, stopped={"b": 2}), "b", 2, 0.5) == TrialScheduler.STOP
-    assert decide(asha(history, stopped={"b": 2}), "a", 2, 0.9) == TrialScheduler.CONTINUE
+    assert decide(asha(tmp_path, history), "b", 2, 0.5) == TrialScheduler.CONTINUE
+    assert decide(asha(tmp_path, history, stopped={"b": 2}), "b", 2, 0.5) == TrialScheduler.STOP
+    assert decide(asha(tmp_path, history, stopped={"b": 2}), "a", 2, 0.9) == TrialScheduler.CONTINUE
 
 
 def test_stopped_trials_are_read_from_the_study():
@@ -74,3 +104,21 @@ def test_stopped_trials_are_read_from_the_study():
             t.report(v, step)
         study.tell(t, values[-1] if state == TrialState.COMPLETE else None, state=state)
     assert stopped_from(study) == {"p": 2}
+
+
+def test_a_restored_search_gets_back_the_scheduler_that_rebuilds_its_rungs(tmp_path):
+    """Tuner.restore unpickles the scheduler the Tuner was built with (tuner.pkl): that is how a resumed
+    search gets ResumableASHA without reaching into Ray. Should Ray start replacing it, this fails."""
+    from ray import tune
+
+    import search_spaces
+    from tune.search import Settings, build_tuner, restore_tuner
+    space = search_spaces.load("smoke")
+    s = Settings(space=space.to_dict(), space_name=space.name, name="exp", root=str(tmp_path), samples=2,
+                 max_epochs=2, grace_period=1, reduction_factor=2, concurrent=1)
+    s.experiment.mkdir()
+    assert isinstance(build_tuner(s, {"cpu": 1, "gpu": 0}), tune.Tuner)
+    restored = restore_tuner(s, {"cpu": 1, "gpu": 0})
+    scheduler = restored._local_tuner._tune_config.scheduler  # private, on purpose: what Ray will run
+    assert isinstance(scheduler, ResumableASHA) and scheduler._experiment == str(s.experiment)
+    assert not scheduler._replayed   # as built: it reads the folder when the resumed search adds a trial

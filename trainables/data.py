@@ -11,12 +11,12 @@ import json
 import os
 import random
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock
 
+from .files import atomic_dir, atomic_file, write_json
 from .synthetic import SpecError, SyntheticSpec, generate
 
 REAL = {  # our names -> fastai URLs attribute
@@ -50,18 +50,6 @@ def _lock(key: str) -> FileLock:
     locks = data_home() / "locks"
     locks.mkdir(parents=True, exist_ok=True)
     return FileLock(str(locks / f"{key}.lock"))
-
-
-def atomic_dir(final: Path, build) -> Path:
-    """Build a folder beside `final` and rename it into place; the caller holds the lock."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
-    try:
-        build(tmp)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
 
 
 def class_name(path) -> str:
@@ -169,30 +157,10 @@ def _listing(root: Path) -> list[tuple[str, int]]:
     return sorted(out)
 
 
-def _unreadable(files: list[str]) -> list[str]:
-    """The files PIL cannot decode (at a reduced scale, as fastai's verify_image does)."""
-    from PIL import Image
-    bad = []
-    for f in files:
-        try:
-            with Image.open(f) as im:
-                im.draft(im.mode, (32, 32))
-                im.load()
-        except Exception:  # any decoder error means the same: the file is unusable
-            bad.append(f)
-    return bad
-
-
-def verify_images(files: list[Path]) -> list[str]:
-    """fastai's verify_images, without importing fastai: a search's driver checks data before any trial."""
-    from concurrent.futures import ProcessPoolExecutor
-    files = [str(f) for f in files]
-    step = max(256, len(files) // (4 * (os.cpu_count() or 1)))
-    chunks = [files[i:i + step] for i in range(0, len(files), step)]
-    if len(chunks) == 1:
-        return _unreadable(files)
-    with ProcessPoolExecutor(min(os.cpu_count() or 1, 8)) as ex:
-        return [b for part in ex.map(_unreadable, chunks) for b in part]
+def unreadable(files: list[Path]) -> list[str]:
+    """The images PIL cannot decode, by fastai's own check (imported here only, when a dataset is first indexed)."""
+    from fastai.vision.utils import verify_images
+    return [str(f) for f in verify_images(files)]
 
 
 def index(root: Path) -> DatasetIndex:
@@ -208,10 +176,10 @@ def index(root: Path) -> DatasetIndex:
         with _lock(f"index-{_cache_key(root)}"):
             cached = _read_json(cache)
             if not (cached and cached.get("fingerprint") == fingerprint and cached.get("version") == INDEX_VERSION):
-                bad = verify_images([root / rel for rel, _ in listing])
+                bad = unreadable([root / rel for rel, _ in listing])
                 cached = {"version": INDEX_VERSION, "root": str(root), "fingerprint": fingerprint,
                           "skipped": sorted(str(Path(b).relative_to(root)) for b in bad)}
-                _write_json_atomic(cache, cached)
+                write_json(cache, cached, indent=None)
     skipped = set(cached["skipped"])
     if skipped:
         shown = ", ".join(sorted(skipped)[:3]) + (" ..." if len(skipped) > 3 else "")
@@ -241,7 +209,7 @@ def dataset_stats(idx: DatasetIndex, n: int = 512, size: int = 64) -> tuple[list
     px = np.concatenate([np.asarray(Image.open(idx.root / f).convert("RGB").resize((size, size)),
                                     np.float32).reshape(-1, 3) / 255 for f in sample])
     mean, std = px.mean(0).tolist(), px.std(0).tolist()
-    _write_json_atomic(cache, {"key": key, "mean": mean, "std": std})
+    write_json(cache, {"key": key, "mean": mean, "std": std}, indent=None)
     return mean, std
 
 
@@ -268,8 +236,9 @@ def presize(size: int) -> int:
     return int(size * 1.25 + 7) // 8 * 8
 
 
-def tensor_cache(idx: DatasetIndex, px: int):
-    """Every image of the index decoded once into a uint8 [N, px, px, 3] array, memory-mapped read-only.
+def tensor_cache(idx: DatasetIndex, size: int):
+    """Every image of the index decoded once into a uint8 [N, px, px, 3] array for training at `size`
+    (px = presize(size)), memory-mapped read-only.
 
     One file per dataset and size, built under the dataset's lock and renamed into place, so every
     trial on a node shares it (through the page cache) and none sees it half-written.
@@ -277,24 +246,23 @@ def tensor_cache(idx: DatasetIndex, px: int):
     import numpy as np
     from concurrent.futures import ProcessPoolExecutor
 
+    px = presize(size)
     key = hashlib.sha1(json.dumps([str(idx.root), idx.fingerprint, idx.files]).encode()).hexdigest()[:16]
     final = data_home() / "tensors" / f"{key}-{px}.npy"
+
+    def build(tmp: Path) -> None:
+        np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(idx.files), px, px, 3)).flush()
+        files = [str(idx.root / f) for f in idx.files]
+        step = max(64, len(files) // (4 * (os.cpu_count() or 1)))
+        jobs = [(str(tmp), files[i:i + step], i, px) for i in range(0, len(files), step)]
+        with ProcessPoolExecutor(min(os.cpu_count() or 1, 8)) as ex:
+            list(ex.map(_decode_into, jobs))
+
     if not final.is_file():
         with _lock(f"tensors-{key}-{px}"):
             if not final.is_file():
                 print(f"decoding {len(idx.files)} images of {idx.root} at {px} px into {final} ...", flush=True)
-                final.parent.mkdir(parents=True, exist_ok=True)
-                tmp = final.with_name(f".{final.name}.{os.getpid()}.partial")
-                np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(idx.files), px, px, 3)).flush()
-                files = [str(idx.root / f) for f in idx.files]
-                step = max(64, len(files) // (4 * (os.cpu_count() or 1)))
-                jobs = [(str(tmp), files[i:i + step], i, px) for i in range(0, len(files), step)]
-                try:
-                    with ProcessPoolExecutor(min(os.cpu_count() or 1, 8)) as ex:
-                        list(ex.map(_decode_into, jobs))
-                    os.replace(tmp, final)
-                finally:
-                    tmp.unlink(missing_ok=True)
+                atomic_file(final, build)
     return np.load(final, mmap_mode="r")
 
 
@@ -331,10 +299,3 @@ def _read_json(p: Path):
         return json.loads(p.read_text())
     except (OSError, ValueError):
         return None
-
-
-def _write_json_atomic(p: Path, obj) -> None:
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj))
-    os.replace(tmp, p)

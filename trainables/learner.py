@@ -21,7 +21,7 @@ from fastai.vision.data import ImageBlock, imagenet_stats
 from torch import nn
 
 from .config import ConfigError, TrainConfig
-from .data import DatasetIndex, class_name, dataset_stats, presize
+from .data import DatasetIndex, class_name, dataset_stats, index, prepare, presize
 
 OPTIMIZERS = {"adam": Adam, "ranger": ranger, "sgd": partial(SGD, mom=0.9), "lamb": Lamb}
 ACTS = {"relu": nn.ReLU, "mish": Mish}
@@ -89,10 +89,10 @@ def build_dls(cfg: TrainConfig, idx: DatasetIndex):
     return dls, stages
 
 
-def build_learner(cfg: TrainConfig, dls, cbs=()) -> Learner:
+def build_learner(cfg: TrainConfig, dls) -> Learner:
     loss = (LabelSmoothingCrossEntropyFlat(eps=cfg.label_smoothing) if cfg.label_smoothing > 0
             else CrossEntropyLossFlat())
-    cbs = list(cbs) + ([MixUp(cfg.mixup_alpha)] if cfg.mixup_alpha > 0 else [])
+    cbs = [MixUp(cfg.mixup_alpha)] if cfg.mixup_alpha > 0 else []
     learn = Learner(dls, make_model(cfg, len(dls.vocab)), loss_func=loss, opt_func=OPTIMIZERS[cfg.opt],
                     lr=cfg.lr, wd=cfg.wd, metrics=accuracy, cbs=cbs)
     precision = resolve_precision(cfg.precision)
@@ -103,6 +103,14 @@ def build_learner(cfg: TrainConfig, dls, cbs=()) -> Learner:
     if cfg.compile:
         learn.model.compile()  # in place: the state_dict keeps its keys, so checkpoints stay portable
     return learn
+
+
+def export_learner(learn: Learner, cfg: TrainConfig, path) -> None:
+    """learner.pkl for fastai's load_learner on image files. A tensor-path learner's loaders hold the uint8
+    cache and take indices, so it is exported with the fastai path's loaders of the same config."""
+    if cfg.pipeline == "tensor":
+        learn.dls = build_dls(cfg.replace(pipeline="fastai"), index(prepare(cfg.data)))[0]
+    learn.export(path)
 
 
 def resolve_precision(precision: str) -> str:

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Callable
 
 SaveFn = Callable[[Path], None]  # writes a resumable checkpoint into the given folder
+STATE_FILE = "state.json"        # in a checkpoint: its epoch and the metrics so far, written after the model
 
 EPOCH_KEYS = ("epoch", "train_loss", "valid_loss", "accuracy", "lr", "size", "epoch_s", "images_per_s")
 TIMING_KEYS = ("epoch_s", "images_per_s", "tta_s")  # the metrics that differ between two runs of one config

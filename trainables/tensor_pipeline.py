@@ -5,9 +5,18 @@ device the model runs on (airbench-style), behind fastai's own DataLoader so the
 Per batch: gather uint8 images, one grid_sample doing random-resized-crop, flip and a small rotation,
 then brightness/contrast and normalization. Validation: the whole (centre-square) image resized to
 the final size, as fastai's valid-time Resize + RandomResizedCropGPU do.
-Where it differs from fastai's path: the cache keeps each image's centre square, so crops of a
-non-square photo never reach its ends (fastai's Resize crops at random along the long side), and
-aug_transforms' small zoom and perspective warp are left out (the random-resized crop already scales).
+
+The augmentation is written here, not taken from fastai's aug_transforms, because fastai's batch
+transforms ran at about 1,100 images/s on the 2-core CPU against this path's 3,470 (benchmarks/
+data_pipeline.py). Under the same config keys it differs from fastai's path in these ways:
+- crops: each image gets its own crop (side sqrt(U(min_scale, 1)) of the square); fastai's
+  RandomResizedCropGPU draws one crop for the whole batch;
+- lighting: brightness and contrast are linear about mid-grey (brightness ±0.1, contrast ×0.8-1.25),
+  where fastai's work in logit space (brightness ±0.405 in logits, contrast ×0.8-1.25 of the logits);
+- aug_transforms' perspective warp (0.2) and zoom (up to 1.1) are left out;
+- the cache keeps each image's centre square, so crops of a non-square photo never reach its ends
+  (fastai's Resize takes its square at a random place along the long side).
+`python benchmarks/pipeline_ranking.py` checks that these do not change which configs win (README).
 """
 from __future__ import annotations
 
@@ -22,7 +31,7 @@ from fastai.data.load import DataLoader
 from fastai.torch_core import TensorCategory, TensorImage
 
 from .config import TrainConfig
-from .data import DatasetIndex, presize, tensor_cache
+from .data import DatasetIndex, tensor_cache
 
 
 class CachedImages:
@@ -107,14 +116,9 @@ class TensorLoader(DataLoader):
         return ((x - 127.5) * c + 127.5 + b).clamp_(0, 255)
 
 
-def cache_size(cfg: TrainConfig) -> int:
-    """Cached pixels per side: room around the final size for crops (fastai's presizing ratio)."""
-    return presize(cfg.size)
-
-
 def build_tensor_dls(cfg: TrainConfig, idx: DatasetIndex, device: torch.device, stats):
     """DataLoaders over the uint8 cache, and one training loader per progressive-resizing size."""
-    arr = tensor_cache(idx, cache_size(cfg))
+    arr = tensor_cache(idx, cfg.size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the memmap is read-only on purpose: trials share it
         images = torch.from_numpy(arr)   # on the CPU, a view of the page cache

@@ -1,16 +1,16 @@
 """The trainer's only contact with Ray: report each epoch with a checkpoint, resume from the newest one."""
 from __future__ import annotations
 
-import contextlib
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 from ray import tune
 
+from tune.trials import checkpoints, read_text
+
 from .config import TrainConfig
-from .reporting import Reporter
+from .reporting import STATE_FILE, Reporter
 
 
 class TuneReporter(Reporter):
@@ -20,41 +20,41 @@ class TuneReporter(Reporter):
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
-def epoch_of(folder: Path | None) -> int:
-    """Epochs a checkpoint folder holds; 0 for none, -1 for one cut short."""
-    if folder is None:
+def epoch_of(checkpoint: tune.Checkpoint | None) -> int:
+    """Epochs a checkpoint holds; 0 for none, -1 for one cut short."""
+    if checkpoint is None:
         return 0
     try:
-        return json.loads((Path(folder) / "state.json").read_text())["epoch"]
-    except (OSError, ValueError, KeyError):
+        return json.loads(read_text(checkpoint.filesystem, f"{checkpoint.path}/{STATE_FILE}"))["epoch"]
+    except (TypeError, ValueError, KeyError):
         return -1
 
 
-def tune_trainable(config: dict, experiment: str | None = None) -> None:
+def tune_trainable(config: dict) -> None:
     """Ray Tune function trainable: one config dict in, one report per epoch out.
 
     After a killed driver, Ray restores each trial from its last experiment snapshot: a trial may come
-    back with an older checkpoint than it had saved, or with none at all. The trial's folder under
-    `experiment` holds the truth, so the newest checkpoint there wins; the epochs Ray has not seen are
-    replayed from its history (ASHA may stop the trial then, as it would have) instead of trained again.
+    back with an older checkpoint than it had saved, or with none at all. The trial's folder in the
+    search's storage (where Ray says it is) holds the truth, so the newest checkpoint there wins; the
+    epochs Ray has not seen are replayed from its history (ASHA may stop the trial then, as it would
+    have) instead of trained again.
     """
     from .train import free_memory, train  # here, not at the top: the search's driver needs no fastai
     cfg = TrainConfig.from_dict(config)
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
-    handed = tune.get_checkpoint()
-    given_ctx = handed.as_directory() if handed else contextlib.nullcontext()
-    with given_ctx as given, tempfile.TemporaryDirectory() as tmp:
-        given = Path(given) if given else None
-        trial_dir = Path(experiment, tune.get_context().get_trial_id()) if experiment else None
-        found = list(trial_dir.glob("checkpoint_*")) if trial_dir else []
-        newest = max([given, *found], key=epoch_of)
-        if newest is None or epoch_of(newest) <= 0:
-            train(cfg, [TuneReporter()])
-        else:
-            newest = Path(shutil.copytree(newest, Path(tmp) / "newest"))  # Ray may reuse its folder's name
-            history = json.loads((newest / "state.json").read_text())["history"]
+    given = tune.get_checkpoint()
+    storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
+    found = [tune.Checkpoint(p, filesystem=storage.storage_filesystem)
+             for p in checkpoints(storage.storage_filesystem, storage.trial_fs_path)]
+    newest = max([given, *found], key=epoch_of)
+    if newest is None or epoch_of(newest) <= 0:
+        train(cfg, [TuneReporter()])
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(newest.to_directory(str(Path(tmp) / "newest")))  # Ray may reuse its folder's name
+            history = json.loads((local / STATE_FILE).read_text())["history"]
             for metrics in history[max(epoch_of(given), 0):]:
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(newest)))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(local)))
             if len(history) < cfg.epochs:
-                train(cfg, [TuneReporter()], resume_from=newest)
+                train(cfg, [TuneReporter()], resume_from=local)
     free_memory()

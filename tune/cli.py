@@ -1,9 +1,7 @@
-"""What every command shares: one-line errors with exit status 2, quiet library warnings, atomic writes."""
+"""What every command shares: one-line errors with exit status 2, quiet library warnings, output folders."""
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -42,14 +40,6 @@ def run(main, argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-
-
-def write_json(path: Path, obj) -> None:
-    """Write JSON so that a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
 
 
 def shown(path: Path) -> str:

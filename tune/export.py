@@ -1,115 +1,25 @@
 """Export what a search found: python tune/export.py results/<name> [--metric M] [--scope last|all]
 
-Reads only the experiment folder (trials' params.json and result.json, the Optuna study), so it works on
-a finished, interrupted or resumed search, with or without Ray running. Writes best_config.json (every
-config key plus provenance, ready for tune/final.py), leaderboard.csv (one row per trial) and report.md
-with plots (report/*.png).
+Reads only the experiment folder (through tune/trials.py), so it works on a finished, interrupted or
+resumed search, with or without Ray running. Writes best_config.json (every config key plus provenance,
+ready for tune/final.py), leaderboard.csv (one row per trial) and report.md with plots (report/*.png).
 """
 from __future__ import annotations
 
 import csv
-import json
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a clone without installing
 
-from tune.cli import Parser, UsageError, quiet, run, write_json  # noqa: E402
-
-STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
+from trainables.files import atomic_file, write_json  # noqa: E402
+from tune.cli import Parser, UsageError, quiet, run  # noqa: E402
+from tune.trials import Experiment, Trial  # noqa: E402
 
 
 class ExportError(UsageError):
     pass
-
-
-@dataclass
-class Trial:
-    trial_id: str
-    config: dict                     # every config key, defaults filled in
-    params: dict                     # the values the searcher chose
-    history: list = field(default_factory=list)   # one row per epoch, as reported
-    status: str = "unfinished"       # completed | pruned | errored | unfinished
-    error: str | None = None
-
-    @property
-    def epochs(self) -> int:
-        return len(self.history)
-
-    def value(self, metric: str, scope: str):
-        vals = [h[metric] for h in self.history if h.get(metric) is not None]
-        if not vals:
-            return None
-        return max(vals) if scope == "all" else (self.history[-1].get(metric))
-
-    @property
-    def train_s(self) -> float | None:
-        return self.history[-1].get("time_total_s") if self.history else None
-
-
-def _results(folder: Path) -> list:
-    rows, seen = [], set()
-    f = folder / "result.json"
-    if not f.is_file():
-        return rows
-    for line in f.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except ValueError:
-            continue  # a line cut short by a kill
-        if "epoch" in r and r["epoch"] not in seen:  # a resumed trial may repeat an epoch: keep the first
-            seen.add(r["epoch"])
-            rows.append(r)
-    return sorted(rows, key=lambda r: r["epoch"])
-
-
-def load_study(experiment: Path):
-    """The search's Optuna study, or None for an experiment without one."""
-    db = experiment / "optuna.db"
-    if not db.is_file():
-        return None
-    import optuna
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-    names = optuna.get_all_study_names(storage)
-    return optuna.load_study(study_name=experiment.name if experiment.name in names else names[0],
-                             storage=storage) if names else None
-
-
-def load_trials(experiment: Path, study=None) -> list[Trial]:
-    from trainables.config import ConfigError, TrainConfig
-    from search_spaces import parse
-    experiment = Path(experiment)
-    if not experiment.is_dir():
-        raise ExportError(f"no experiment folder at {experiment}")
-    settings = json.loads((experiment / "search.json").read_text()) if (experiment / "search.json").is_file() else {}
-    searched = set(parse(settings["space"], settings["space_name"]).params) if settings else set()
-    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in (study.trials if study else [])
-              if "ray_trial_id" in t.user_attrs}
-    trials = []
-    for params_file in sorted(experiment.glob("*/params.json")):
-        folder = params_file.parent
-        raw = json.loads(params_file.read_text())
-        try:
-            config = TrainConfig.from_dict(raw).to_dict()
-        except ConfigError as e:
-            config = dict(raw, _invalid=str(e))
-        t = Trial(trial_id=folder.name, config=config,
-                  params={k: raw[k] for k in raw if k in searched}, history=_results(folder))
-        err = folder / "error.txt"
-        state = states.get(t.trial_id)
-        if err.is_file() or state == "FAIL":
-            t.status = "errored"
-            lines = err.read_text().strip().splitlines() if err.is_file() else []
-            t.error = lines[-1] if lines else "failed"
-        elif state in STATUS_OF_OPTUNA:
-            t.status = STATUS_OF_OPTUNA[state]
-        elif t.history and t.epochs >= config.get("epochs", 0):
-            t.status = "completed"
-        trials.append(t)
-    return trials
 
 
 def pick_best(trials: list[Trial], metric: str, scope: str) -> tuple[Trial, str]:
@@ -130,23 +40,28 @@ def pick_best(trials: list[Trial], metric: str, scope: str) -> tuple[Trial, str]
 def write_leaderboard(trials: list[Trial], path: Path, metric: str = "accuracy") -> None:
     keys = sorted({k for t in trials for k in t.params})
     rows = sorted(trials, key=lambda t: -(t.value(metric, "last") or -1))
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["trial_id", "status", "epochs", "accuracy", "best_accuracy", "accuracy_tta",
-                    "train_s", *keys, "error"])
-        for t in rows:
-            w.writerow([t.trial_id, t.status, t.epochs, t.value("accuracy", "last"), t.value("accuracy", "all"),
-                        t.value("accuracy_tta", "last"), t.train_s, *(t.params.get(k) for k in keys), t.error or ""])
-    tmp.replace(path)
+
+    def build(tmp: Path) -> None:
+        with open(tmp, "w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["trial_id", "status", "epochs", "accuracy", "best_accuracy", "accuracy_tta",
+                        "train_s", *keys, "error"])
+            for t in rows:
+                w.writerow([t.trial_id, t.status, t.epochs, t.value("accuracy", "last"), t.value("accuracy", "all"),
+                            t.value("accuracy_tta", "last"), t.train_s, *(t.params.get(k) for k in keys),
+                            t.error or ""])
+    atomic_file(path, build)
 
 
 def export(experiment: Path, metric: str = "accuracy", scope: str = "last") -> dict:
     from trainables.provenance import git_commit, versions
     from tune.report import write_report
     experiment = Path(experiment).resolve()
-    study = load_study(experiment)
-    trials = load_trials(experiment, study)
+    exp = Experiment(experiment)
+    if not exp.exists():
+        raise ExportError(f"no experiment folder at {experiment}")
+    study = exp.study()
+    trials = exp.trials(study)
     write_leaderboard(trials, experiment / "leaderboard.csv")  # even with no winner: it lists the errors
     best, how = pick_best(trials, metric, scope)
     counts = {s: sum(t.status == s for t in trials) for s in ("completed", "pruned", "errored", "unfinished")}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a clone without installing
 
-from tune.cli import Parser, UsageError, free_folder, quiet, run, write_json  # noqa: E402
+from trainables.files import write_json  # noqa: E402
+from tune.cli import Parser, UsageError, free_folder, quiet, run  # noqa: E402
 
 
 def parse_args(argv):
@@ -50,8 +51,7 @@ def default_out(config_path) -> Path:
 
 
 def train_one(cfg, out: Path, progress: bool) -> dict:
-    from trainables.data import index, prepare
-    from trainables.learner import build_dls
+    from trainables.learner import export_learner
     from trainables.provenance import machine, versions
     from trainables.reporting import ConsoleReporter, TensorBoardReporter
     from trainables.train import train
@@ -60,9 +60,7 @@ def train_one(cfg, out: Path, progress: bool) -> dict:
     t0 = time.time()
     res = train(cfg, [ConsoleReporter(), TensorBoardReporter(out, cfg.to_dict())], progress=progress)
     summary = {**res.summary(), "train_s": round(time.time() - t0, 1), "machine": machine(), "versions": versions()}
-    if cfg.pipeline == "tensor":  # the exported learner must read image files: give it fastai's loaders
-        res.learn.dls = build_dls(cfg.replace(pipeline="fastai"), index(prepare(cfg.data)))[0]
-    res.learn.export(out / "learner.pkl")      # load_learner(...) for prediction on new images
+    export_learner(res.learn, cfg, out / "learner.pkl")  # load_learner(...) for prediction on new images
     res.learn.save((out / "model").resolve(), with_opt=False)  # plain state_dict in model.pth
     write_json(out / "metrics.json", summary)
     return summary

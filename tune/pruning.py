@@ -3,23 +3,22 @@
 - Ray tells Optuna that a trial ASHA stopped early is COMPLETE with its early value, so TPE would learn
   from 1-epoch accuracies as if they were final. TruthfulOptunaSearch tells Optuna PRUNED, with the
   trial's per-epoch intermediate values, which TPE ranks below complete trials by how far they got.
-- Ray saves no scheduler state, so after a resume ASHA's rungs would be empty and a trial that an
-  uninterrupted search would stop could run to the end. ResumableASHA replays the finished and paused
-  trials' per-epoch results into its rungs before the first trial is added, and stops again any trial
-  the study says was stopped before the interruption, should it come back from an older snapshot.
+- Ray saves no scheduler state (Tuner.restore unpickles the scheduler as it was before the search began),
+  so after a resume ASHA's rungs would be empty and a trial that an uninterrupted search would stop could
+  run to the end. ResumableASHA reads the experiment folder when its first trial is added: it replays
+  every trial's per-epoch results into its rungs, and stops again any trial the study says was stopped
+  before the interruption, should it come back from an older snapshot. On a new search the folder is empty.
 """
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-STEP = "epoch"  # not Ray's training_iteration, which restarts from a stale snapshot after a kill
+from tune.trials import STEP, Experiment
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -79,14 +78,13 @@ class _Seen:
 
 
 class ResumableASHA(ASHAScheduler):
-    """ASHA whose rungs start from earlier results, {trial_id: [(epoch, metric), ...]}, and which keeps
-    earlier stops, {trial_id: epoch}: a trial replaying an epoch it passed before has its rung recorded,
-    and plain ASHA would let it go on."""
+    """ASHA whose rungs start from the results already in `experiment`, and which keeps the study's earlier
+    stops: a trial replaying an epoch it passed before has its rung recorded, and plain ASHA would let it go on."""
 
-    def __init__(self, *args, history: dict | None = None, stopped: dict | None = None, **kwargs):
+    def __init__(self, *args, experiment: str, **kwargs):
         super().__init__(*args, **kwargs)
-        self._history = history or {}
-        self._stopped = stopped or {}
+        self._experiment = experiment
+        self._stopped = {}
         self._replayed = False
 
     def on_trial_result(self, tune_controller, trial, result):
@@ -98,25 +96,14 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_add(self, tune_controller, trial):
         if not self._replayed:  # the metric's sign is only known once Tune has set the search properties
             self._replayed = True
+            exp = Experiment(self._experiment)
+            study = exp.study()
+            self._stopped = stopped_from(study) if study else {}
             bracket = self._brackets[0]
-            for trial_id, results in self._history.items():
-                for step, value in sorted(results):
+            for trial_id, results in exp.metric_history(self._metric).items():
+                for step, value in results:
                     bracket.on_result(_Seen(trial_id), step, self._metric_op * value)
         super().on_trial_add(tune_controller, trial)
-
-
-def history_from(experiment: Path, metric: str) -> dict:
-    """Every trial's per-epoch metric from its result.json in an experiment folder."""
-    out = {}
-    for result_file in Path(experiment).glob("*/result.json"):
-        for line in result_file.read_text().splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a line cut short by a kill
-            if metric in r and STEP in r:
-                out.setdefault(r["trial_id"], []).append((r[STEP], r[metric]))
-    return out
 
 
 def stopped_from(study) -> dict:

@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 from optuna.visualization import matplotlib as ovm  # noqa: E402
 
+from trainables.files import write_text  # noqa: E402
 from tune.cli import shown  # noqa: E402
 
 PLOTS = {
@@ -102,6 +103,4 @@ def write_report(experiment: Path, trials, best, provenance: dict, study: optuna
             plt.close("all")
             lines += [f"(not drawn: {e})", ""]
     lines += ["Interactive: `optuna-dashboard sqlite:///" + shown(experiment / "optuna.db") + "`", ""]
-    path = experiment / "report.md"
-    path.write_text("\n".join(lines))
-    return path
+    return write_text(experiment / "report.md", "\n".join(lines))

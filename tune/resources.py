@@ -95,22 +95,22 @@ def check_shared_storage(storage: str) -> None:
                          "give a folder that every node mounts (NFS, a cluster file system)")
 
 
-def prepare(datasets: list[str], stats: bool, cache_px: list[int]) -> None:
+def prepare(datasets: list[str], stats: bool, tensor_sizes: list[int]) -> None:
     """Download or generate, verify, measure (normalize=dataset) and decode (pipeline=tensor) each dataset."""
     from trainables.data import dataset_stats, index, prepare as ready, tensor_cache
     for d in datasets:
         idx = index(ready(d))
         if stats:
             dataset_stats(idx)
-        for px in cache_px:
-            tensor_cache(idx, px)
+        for size in tensor_sizes:
+            tensor_cache(idx, size)
 
 
-def prepare_everywhere(datasets: list[str], stats: bool, cache_px: list[int]) -> None:
+def prepare_everywhere(datasets: list[str], stats: bool, tensor_sizes: list[int]) -> None:
     """Each node of a cluster prepares every dataset once, before any trial starts."""
     from trainables.data import DataError
     try:
-        ray.get([_on_node(n, prepare, datasets, stats, cache_px) for n in _alive_nodes()])
+        ray.get([_on_node(n, prepare, datasets, stats, tensor_sizes) for n in _alive_nodes()])
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, DataError):
             raise e.cause from None

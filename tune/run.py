@@ -117,11 +117,10 @@ def values_of(space, key) -> list:
 
 
 def preparation(space) -> dict:
-    """What trials will need ready on every node: datasets, statistics, tensor caches."""
-    from trainables.data import presize
+    """What trials will need ready on every node: datasets, statistics, a tensor cache per training size."""
     tensor = "tensor" in values_of(space, "pipeline")
     return {"datasets": values_of(space, "data"), "stats": "dataset" in values_of(space, "normalize"),
-            "cache_px": sorted({presize(s) for s in values_of(space, "size")}) if tensor else []}
+            "tensor_sizes": sorted(set(values_of(space, "size"))) if tensor else []}
 
 
 def main(argv=None):
@@ -136,7 +135,8 @@ def main(argv=None):
     from trainables.data import check
     from tune import resources
     from tune.export import ExportError, export, print_summary
-    from tune.search import Settings, build_tuner, drop_replayed_rows, restore_tuner
+    from tune.search import Settings, build_tuner, restore_tuner
+    from tune.trials import Experiment
 
     if args.resume:
         s = Settings.load(Path(args.resume).expanduser().resolve())
@@ -160,20 +160,20 @@ def main(argv=None):
 
     if args.resume:
         print(f"resuming {s.experiment}", flush=True)
-        tuner = restore_tuner(s)
+        tuner = restore_tuner(s, res)
     else:
         try:
             s.experiment.mkdir(parents=True)
         except FileExistsError:  # another search took the name since the check
             raise UsageError(f"{s.experiment} already exists; pick another --name") from None
         s.save()
-        tuner = build_tuner(s)
+        tuner = build_tuner(s, res)
     print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "
           f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}\n"
           f"watch it: tensorboard --logdir {s.experiment}", flush=True)
     grid = tuner.fit()
     if args.resume:
-        drop_replayed_rows(s.experiment)
+        Experiment(s.experiment).drop_replayed_rows()
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)

@@ -1,7 +1,6 @@
 """The Tuner: trainable + OptunaSearch (TPE or random) + ASHA + resources + storage under results/<name>/."""
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import os
@@ -21,14 +20,15 @@ from ray.tune import CLIReporter  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search_spaces import Space, parse  # noqa: E402
+from trainables.files import write_json  # noqa: E402
 from trainables.tune_report import tune_trainable  # noqa: E402
 from tune import resources  # noqa: E402
-from tune.cli import UsageError, write_json  # noqa: E402
-from tune.pruning import STEP, ResumableASHA, TruthfulOptunaSearch, history_from, stopped_from  # noqa: E402
+from tune.cli import UsageError  # noqa: E402
+from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
+from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, trial_dirname  # noqa: E402
 
 METRIC, MODE = "accuracy", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-SETTINGS_FILE = "search.json"
 
 
 @dataclass
@@ -90,10 +90,6 @@ def param_space(s: Settings) -> dict:
     return {**space.fixed, "epochs": s.max_epochs, **{k: domain(d) for k, d in space.params.items()}}
 
 
-def trial_dirname(trial) -> str:
-    return trial.trial_id
-
-
 def searcher(s: Settings) -> TruthfulOptunaSearch:
     if s.searcher == "tpe":
         # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
@@ -101,15 +97,15 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
                                              n_startup_trials=min(10, max(3, s.samples // 4)))
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{s.experiment / 'optuna.db'}")
+    storage = optuna.storages.RDBStorage(f"sqlite:///{s.experiment / STUDY_FILE}")
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs)
 
 
-def scheduler(s: Settings, history: dict | None = None, stopped: dict | None = None):
+def scheduler(s: Settings):
     if s.scheduler == "none":
         return FIFOScheduler()
-    return ResumableASHA(time_attr="epoch", max_t=s.max_epochs, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor, history=history, stopped=stopped)
+    return ResumableASHA(time_attr=STEP, max_t=s.max_epochs, grace_period=s.grace_period,
+                         reduction_factor=s.reduction_factor, experiment=str(s.experiment))
 
 
 def progress_table(s: Settings) -> CLIReporter:
@@ -119,15 +115,15 @@ def progress_table(s: Settings) -> CLIReporter:
                        max_progress_rows=25, max_error_rows=5)
 
 
-def trainable(s: Settings, res: dict):
-    return tune.with_resources(tune.with_parameters(tune_trainable, experiment=str(s.experiment)), res)
+def trainable(res: dict):
+    return tune.with_resources(tune_trainable, res)
 
 
-def build_tuner(s: Settings) -> tune.Tuner:
-    res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)
+def build_tuner(s: Settings, res: dict) -> tune.Tuner:
+    """A new search; `res` is one trial's resources (tune.resources.per_trial)."""
     concurrent = s.concurrent or min(resources.slots(res), s.samples)
     return tune.Tuner(
-        trainable(s, res),
+        trainable(res),
         param_space=param_space(s),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher(s), scheduler=scheduler(s),
                                     num_samples=s.samples, max_concurrent_trials=concurrent,
@@ -141,48 +137,8 @@ def build_tuner(s: Settings) -> tune.Tuner:
     )
 
 
-def restore_tuner(s: Settings) -> tune.Tuner:
+def restore_tuner(s: Settings, res: dict) -> tune.Tuner:
     """The interrupted search: finished and errored trials kept as they are, unfinished ones resumed from
-    their last checkpoint, the searcher and its Optuna study continued, ASHA's rungs rebuilt."""
-    tuner = tune.Tuner.restore(str(s.experiment),
-                               trainable(s, resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)))
-    # Tuner.restore takes no scheduler; the pickled one has empty rungs, so swap in the rebuilt one
-    try:
-        study = optuna.load_study(study_name=s.name, storage=f"sqlite:///{s.experiment / 'optuna.db'}")
-        stopped = stopped_from(study)
-    except KeyError:  # killed before the searcher made its study: nothing was stopped yet
-        stopped = {}
-    tuner._local_tuner._tune_config.scheduler = scheduler(s, history_from(s.experiment, METRIC), stopped)
-    return tuner
-
-
-def drop_replayed_rows(experiment: Path) -> None:
-    """After a resume, an epoch that Ray logged after its last snapshot was reported again by the replay
-    (Ray must see it to restore the trial's state): keep each epoch's first row in result.json and
-    progress.csv, so that Ray's own logs show every epoch once."""
-    for trial in Path(experiment).iterdir():
-        for name in ("result.json", "progress.csv"):
-            f = trial / name
-            if not f.is_file():
-                continue
-            lines = f.read_text().splitlines(keepends=True)
-            if name == "result.json":
-                epochs = [_epoch_of_json(line) for line in lines]
-            else:
-                epochs = [None] + [row.get(STEP) for row in csv.DictReader(lines)]
-            seen, kept = set(), []
-            for line, epoch in zip(lines, epochs):
-                if epoch is None or epoch not in seen:
-                    kept.append(line)
-                seen.add(epoch)
-            if len(kept) < len(lines):
-                tmp = f.with_name(f".{name}.tmp")
-                tmp.write_text("".join(kept))
-                os.replace(tmp, f)
-
-
-def _epoch_of_json(line: str):
-    try:
-        return json.loads(line).get(STEP)
-    except ValueError:
-        return None
+    their last checkpoint, the searcher and its Optuna study continued; the scheduler, unpickled as it was
+    built, rebuilds ASHA's rungs from the folder (tune/pruning.py)."""
+    return tune.Tuner.restore(str(s.experiment), trainable(res))

@@ -1,0 +1,205 @@
+"""The one reader of a search's folder, and the one place that knows its layout.
+
+    results/<name>/
+      search.json          the search's settings (tune/search.py), so --resume needs nothing else
+      optuna.db            the Optuna study
+      <trial_id>/          one folder per trial, named by Ray's trial id (trial_dirname)
+        params.json        the config Ray gave the trial
+        result.json        one JSON line per reported epoch (Ray's logger); progress.csv the same as CSV
+        error.txt          the traceback of a trial that raised
+        checkpoint_NNNNNN/ the checkpoints Ray keeps (trainables/train.py writes what is inside)
+      best_config.json, leaderboard.csv, report.md, report/   what tune/export.py writes
+
+Export, report, resume and the benchmarks read through `Experiment`. A location is a folder or a URI that
+pyarrow's filesystems take (s3://...). Ray's ExperimentAnalysis is not used because it knows only the trials
+of Ray's last snapshot (a killed driver's newest trials are missing) and drops a trial's whole history when
+one line of its result.json was cut short by a kill.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow.fs as pafs
+
+from trainables.files import write_text
+
+STEP = "epoch"  # the step of every result: not Ray's training_iteration, which restarts after a kill
+SETTINGS_FILE = "search.json"
+STUDY_FILE = "optuna.db"
+RESULT_FILE, PROGRESS_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "progress.csv", "params.json", "error.txt"
+CHECKPOINT_PREFIX = "checkpoint_"
+STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
+
+
+def trial_dirname(trial) -> str:
+    """Ray's trial_dirname_creator: a trial's folder is its id, so the study's ray_trial_id names it."""
+    return trial.trial_id
+
+
+def filesystem(location) -> tuple[pafs.FileSystem, str]:
+    """(filesystem, path on it) of a folder or a URI."""
+    location = str(location)
+    if "://" in location:
+        return pafs.FileSystem.from_uri(location)
+    return pafs.LocalFileSystem(), str(Path(location).expanduser().resolve())
+
+
+def read_text(fs: pafs.FileSystem, path: str) -> str | None:
+    try:
+        with fs.open_input_stream(path) as f:
+            return f.readall().decode()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def folders(fs: pafs.FileSystem, path: str, prefix: str = "") -> list[str]:
+    """The names of the sub-folders of `path` that start with `prefix`, sorted."""
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    except OSError:
+        return []
+    return sorted(i.base_name for i in infos
+                  if i.type == pafs.FileType.Directory and i.base_name.startswith(prefix))
+
+
+def checkpoints(fs: pafs.FileSystem, trial_path: str) -> list[str]:
+    """A trial folder's checkpoint folders, oldest first."""
+    return [f"{trial_path}/{c}" for c in folders(fs, trial_path, CHECKPOINT_PREFIX)]
+
+
+def epoch_rows(text: str | None) -> list[dict]:
+    """A result.json's epochs in order, each once: a line cut short by a kill is skipped, and an epoch
+    replayed after a resume keeps its first row."""
+    rows = {}
+    for line in (text or "").splitlines():
+        try:
+            r = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(r, dict) and STEP in r:
+            rows.setdefault(r[STEP], r)
+    return [rows[e] for e in sorted(rows)]
+
+
+@dataclass
+class Trial:
+    trial_id: str
+    config: dict                     # every config key, defaults filled in
+    params: dict                     # the values the searcher chose
+    history: list = field(default_factory=list)   # one row per epoch, as reported
+    status: str = "unfinished"       # completed | pruned | errored | unfinished
+    error: str | None = None         # the last line of the trial's traceback
+    checkpoints: list = field(default_factory=list)  # paths of its checkpoint folders, oldest first
+
+    @property
+    def epochs(self) -> int:
+        return len(self.history)
+
+    def value(self, metric: str, scope: str = "last"):
+        vals = [h[metric] for h in self.history if h.get(metric) is not None]
+        if not vals:
+            return None
+        return max(vals) if scope == "all" else self.history[-1].get(metric)
+
+    @property
+    def train_s(self) -> float | None:
+        return self.history[-1].get("time_total_s") if self.history else None
+
+
+class Experiment:
+    """A search's folder (or URI), read without Ray running: finished, interrupted or resumed."""
+
+    def __init__(self, location):
+        self.location = str(location)
+        self.fs, self.path = filesystem(location)
+        self.name = Path(self.path).name
+
+    def exists(self) -> bool:
+        return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
+
+    def settings(self) -> dict | None:
+        text = read_text(self.fs, f"{self.path}/{SETTINGS_FILE}")
+        return json.loads(text) if text else None
+
+    def study(self):
+        """The search's Optuna study, or None (no study yet; a study is a local SQLite file)."""
+        if not isinstance(self.fs, pafs.LocalFileSystem) or not Path(self.path, STUDY_FILE).is_file():
+            return None
+        import optuna
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = optuna.storages.RDBStorage(f"sqlite:///{Path(self.path, STUDY_FILE)}")
+        names = optuna.get_all_study_names(storage)
+        if not names:
+            return None
+        return optuna.load_study(study_name=self.name if self.name in names else names[0], storage=storage)
+
+    def trial_ids(self) -> list[str]:
+        return [d for d in folders(self.fs, self.path)
+                if read_text(self.fs, f"{self.path}/{d}/{PARAMS_FILE}") is not None]
+
+    def history(self, trial_id: str) -> list[dict]:
+        return epoch_rows(read_text(self.fs, f"{self.path}/{trial_id}/{RESULT_FILE}"))
+
+    def trials(self, study=None) -> list[Trial]:
+        """Every trial with its config, searched values, epochs, status, error and checkpoints. The status
+        comes from the study where it has the trial, else from the folder (error.txt, epochs trained)."""
+        from search_spaces import parse
+        from trainables.config import ConfigError, TrainConfig
+        settings = self.settings()
+        searched = set(parse(settings["space"], settings["space_name"]).params) if settings else set()
+        states = {t.user_attrs["ray_trial_id"]: t.state.name for t in (study.trials if study else [])
+                  if "ray_trial_id" in t.user_attrs}
+        out = []
+        for trial_id in self.trial_ids():
+            folder = f"{self.path}/{trial_id}"
+            raw = json.loads(read_text(self.fs, f"{folder}/{PARAMS_FILE}"))
+            try:
+                config = TrainConfig.from_dict(raw).to_dict()
+            except ConfigError as e:
+                config = dict(raw, _invalid=str(e))
+            t = Trial(trial_id=trial_id, config=config, params={k: raw[k] for k in raw if k in searched},
+                      history=self.history(trial_id), checkpoints=checkpoints(self.fs, folder))
+            err, state = read_text(self.fs, f"{folder}/{ERROR_FILE}"), states.get(trial_id)
+            if err is not None or state == "FAIL":
+                lines = (err or "").strip().splitlines()
+                t.status, t.error = "errored", lines[-1] if lines else "failed"
+            elif state in STATUS_OF_OPTUNA:
+                t.status = STATUS_OF_OPTUNA[state]
+            elif t.history and t.epochs >= config.get("epochs", 0):
+                t.status = "completed"
+            out.append(t)
+        return out
+
+    def metric_history(self, metric: str) -> dict:
+        """{trial_id: [(epoch, value), ...]} of every trial that reported `metric`."""
+        out = {}
+        for trial_id in self.trial_ids():
+            rows = [(r[STEP], r[metric]) for r in self.history(trial_id) if metric in r]
+            if rows:
+                out[trial_id] = rows
+        return out
+
+    def drop_replayed_rows(self) -> None:
+        """After a resume, an epoch that Ray logged after its last snapshot was reported again by the replay
+        (Ray must see it to restore the trial's state): keep each epoch's first row in result.json and
+        progress.csv, so that Ray's own logs show every epoch once (a local folder: Ray writes them there)."""
+        for trial_id in self.trial_ids():
+            for name in (RESULT_FILE, PROGRESS_FILE):
+                f = Path(self.path, trial_id, name)
+                if not f.is_file():
+                    continue
+                lines = f.read_text().splitlines(keepends=True)
+                if name == RESULT_FILE:
+                    epochs = [(epoch_rows(line) or [{}])[0].get(STEP) for line in lines]
+                else:
+                    epochs = [None] + [row.get(STEP) for row in csv.DictReader(lines)]
+                seen, kept = set(), []
+                for line, epoch in zip(lines, epochs):
+                    if epoch is None or epoch not in seen:
+                        kept.append(line)
+                    seen.add(epoch)
+                if len(kept) < len(lines):
+                    write_text(f, "".join(kept))
