@@ -228,6 +228,7 @@ def test_killed_search_resumes_without_retraining(tmp_path):
     (["--space", "UNKNOWNKEY"], "unknown config key 'learning_rate'"),
     pytest.param(["--space", "smoke", "--gpus-per-trial", "1"], "has none",
                  marks=pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")),
+    (["--space", "smoke", "--gpus-per-trial", "2"], "a trial trains on one GPU"),
     (["--space", "smoke", "--grace-period", "9"], "beyond --max-epochs"),
     (["--space", "smoke", "--set", "mixup_alpha=-2"], "mixup_alpha"),
     (["--space", "smoke", "--data", "/not/a/folder"], "data folder not found"),

@@ -236,3 +236,32 @@ def test_a_stopped_trial_frees_its_model_and_data_while_the_stop_propagates(tiny
         assert held is not None
     else:
         pytest.fail("the trainer should let the stop through")
+
+
+@pytest.mark.parametrize("precision, cuda, native_bf16, want", [
+    ("auto", True, True, "bf16"), ("auto", True, False, "fp16"), ("auto", False, False, "fp32"),
+    ("fp16", True, False, "fp16"), ("fp32", True, True, "fp32"), ("bf16", True, True, "bf16")])
+def test_precision_auto_is_native_bf16_else_fp16_else_fp32(precision, cuda, native_bf16, want):
+    from trainables.learner import choose_precision
+    assert choose_precision(precision, cuda, native_bf16, "a GPU") == want
+
+
+def test_bf16_is_refused_where_the_gpu_only_emulates_it():
+    from trainables.config import ConfigError
+    from trainables.learner import choose_precision
+    with pytest.raises(ConfigError, match="no native bfloat16"):
+        choose_precision("bf16", True, False, "Tesla T4")
+
+
+@pytest.mark.parametrize("gpu_ids, cuda, want", [([], True, "cpu"), ([], False, "cpu"), ([0], True, "cuda"),
+                                                 ([0], False, "cpu")])
+def test_a_trial_trains_where_ray_put_it(gpu_ids, cuda, want):
+    """A trial given no GPU trains on the CPU even where CUDA is visible (Ray leaves CUDA_VISIBLE_DEVICES
+    alone for it); logical GPUs without CUDA train on the CPU."""
+    from trainables.tune_report import trial_device
+    assert trial_device(gpu_ids, cuda) == want
+
+
+def test_train_uses_the_device_it_is_given(tiny_cfg):
+    res = train(tiny_cfg.replace(epochs=1, normalize="imagenet"), device="cpu")
+    assert res.learn.dls.device.type == "cpu" and next(res.learn.model.parameters()).device.type == "cpu"

@@ -27,7 +27,8 @@ OPTIMIZERS = {"adam": Adam, "ranger": ranger, "sgd": partial(SGD, mom=0.9), "lam
 ACTS = {"relu": nn.ReLU, "mish": Mish}
 
 
-def device() -> torch.device:
+def default_device() -> torch.device:
+    """Outside Ray: the GPU when one is visible. A Ray trial is given its device instead (tune_report.py)."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -52,9 +53,10 @@ def auto_workers() -> int:
     return 0 if n <= 1 else min(n, 8)
 
 
-def batch_tfms(cfg: TrainConfig, size: int, stats) -> list:
+def batch_tfms(cfg: TrainConfig, size: int, stats, dev: torch.device) -> list:
     tfms = aug_transforms(size=size, min_scale=cfg.min_scale)
-    return tfms + ([Normalize.from_stats(*stats)] if stats else [])
+    # from_stats would put the statistics on fastai's default device (a visible GPU) whatever `dev` is
+    return tfms + ([Normalize.from_stats(*stats, cuda=dev.type == "cuda")] if stats else [])
 
 
 def norm_stats(cfg: TrainConfig, idx: DatasetIndex):
@@ -65,27 +67,29 @@ def norm_stats(cfg: TrainConfig, idx: DatasetIndex):
     return None
 
 
-def build_dls(cfg: TrainConfig, idx: DatasetIndex):
-    """DataLoaders at the final size plus one training loader per progressive-resizing size.
+def build_dls(cfg: TrainConfig, idx: DatasetIndex, dev: torch.device | None = None):
+    """DataLoaders at the final size plus one training loader per progressive-resizing size, on `dev`
+    (default_device() when not given).
 
     Returns (dls, {size: train_dl}); validation always runs at `cfg.size`.
     """
+    dev = dev or default_device()
     stats = norm_stats(cfg, idx)
     if cfg.pipeline == "tensor":
         from .tensor_pipeline import build_tensor_dls
-        return build_tensor_dls(cfg, idx, device(), stats)
+        return build_tensor_dls(cfg, idx, dev, stats)
     train_i, valid_i = idx.split(cfg.split, cfg.seed)
     items = [idx.root / f for f in idx.files]
     order = train_i + valid_i
     block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=idx.classes)), get_y=class_name,
                       splitter=IndexSplitter(range(len(train_i), len(order))),
-                      item_tfms=Resize(presize(cfg.size)), batch_tfms=batch_tfms(cfg, cfg.size, stats))
+                      item_tfms=Resize(presize(cfg.size)), batch_tfms=batch_tfms(cfg, cfg.size, stats, dev))
     workers = auto_workers() if cfg.workers is None else cfg.workers
-    dls = block.dataloaders([items[i] for i in order], bs=cfg.bs, num_workers=workers, device=device(),
+    dls = block.dataloaders([items[i] for i in order], bs=cfg.bs, num_workers=workers, device=dev,
                             persistent_workers=False)
     stages = {cfg.size: dls.train}
     for s in {cfg.size_at(e) for e in range(cfg.epochs)} - {cfg.size}:
-        stages[s] = dls.train.new(after_batch=[IntToFloatTensor(), *batch_tfms(cfg, s, stats)])
+        stages[s] = dls.train.new(after_batch=[IntToFloatTensor(), *batch_tfms(cfg, s, stats, dev)])
     return dls, stages
 
 
@@ -95,7 +99,7 @@ def build_learner(cfg: TrainConfig, dls) -> Learner:
     cbs = [MixUp(cfg.mixup_alpha)] if cfg.mixup_alpha > 0 else []
     learn = Learner(dls, make_model(cfg, len(dls.vocab)), loss_func=loss, opt_func=OPTIMIZERS[cfg.opt],
                     lr=cfg.lr, wd=cfg.wd, metrics=accuracy, cbs=cbs)
-    precision = resolve_precision(cfg.precision)
+    precision = resolve_precision(cfg.precision, learn.dls.device)
     if learn.dls.device.type == "cuda":
         learn.add_cb(ChannelsLast())
     if precision in ("bf16", "fp16"):
@@ -113,12 +117,22 @@ def export_learner(learn: Learner, cfg: TrainConfig, path) -> None:
     learn.export(path)
 
 
-def resolve_precision(precision: str) -> str:
-    cuda = torch.cuda.is_available()
+def resolve_precision(precision: str, dev: torch.device | None = None) -> str:
+    """The precision a config gets on `dev` (default_device() when not given)."""
+    dev = dev or default_device()
+    cuda = dev.type == "cuda"
+    # torch counts emulated bf16 (V100, T4: slower than fp32) as supported unless told not to
+    native = cuda and torch.cuda.is_bf16_supported(including_emulation=False)
+    return choose_precision(precision, cuda, native, torch.cuda.get_device_name(dev) if cuda else "the CPU")
+
+
+def choose_precision(precision: str, cuda: bool, native_bf16: bool, device_name: str) -> str:
+    """auto: native bf16, else fp16 (fastai's MixedPrecision scales its gradients), else fp32 on a CPU."""
     if precision == "auto":
-        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+        return "bf16" if native_bf16 else "fp16" if cuda else "fp32"
     if precision in ("bf16", "fp16") and not cuda:  # fastai's MixedPrecision autocasts on CUDA only
         raise ConfigError(f"precision={precision} needs a CUDA GPU; use auto or fp32 on this machine")
-    if precision == "bf16" and not torch.cuda.is_bf16_supported():
-        raise ConfigError(f"precision=bf16: {torch.cuda.get_device_name()} has no bfloat16; use fp16 or auto")
+    if precision == "bf16" and not native_bf16:
+        raise ConfigError(f"precision=bf16: {device_name} has no native bfloat16 (only emulated, slower than "
+                          "fp32); use fp16 or auto")
     return precision

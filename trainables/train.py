@@ -28,7 +28,7 @@ from fastai.torch_core import set_seed
 
 from .config import TrainConfig
 from .data import index, prepare
-from .learner import build_dls, build_learner
+from .learner import build_dls, build_learner, default_device
 from .reporting import STATE_FILE, Reporter
 
 
@@ -85,7 +85,7 @@ class EpochMetrics(Callback):
             self.loss_sum = self.loss_sum + self.learn.loss.detach() * n  # a tensor: no GPU sync per batch
 
     def after_train(self):
-        if torch.cuda.is_available():
+        if self.dls.device.type == "cuda":
             torch.cuda.synchronize()
         self.train_s = time.perf_counter() - self.t0
 
@@ -112,16 +112,18 @@ def save_checkpoint(learn: Learner, d: Path, epoch: int, history: list) -> None:
 
 
 def train(cfg: TrainConfig, reporters: Sequence[Reporter] = (), resume_from: Path | None = None,
-          progress: bool = False, cbs: Sequence[Callback] = ()) -> TrainResult:
+          progress: bool = False, cbs: Sequence[Callback] = (), device: str | None = None) -> TrainResult:
     """Train one config; given a checkpoint folder, continue at its next epoch and end as if never stopped.
 
-    `cbs` are extra fastai callbacks for this fit (profiling, inspection).
+    `cbs` are extra fastai callbacks for this fit (profiling, inspection). `device` ("cuda", "cpu") is where
+    it trains; by default the GPU when one is visible (a Ray trial passes the device Ray gave it).
     """
     set_seed(cfg.seed)
-    if torch.cuda.is_available():
+    dev = torch.device(device) if device else default_device()
+    if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     idx = index(prepare(cfg.data))
-    dls, stages = build_dls(cfg, idx)
+    dls, stages = build_dls(cfg, idx, dev)
     learn = build_learner(cfg, dls)
     if not progress:  # fastai's bars stay only when asked for; the reporters print the epoch lines
         learn.remove_cb(ProgressCallback)

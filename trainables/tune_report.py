@@ -5,6 +5,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import ray
 from ray import tune
 
 from tune.trials import checkpoints, read_text
@@ -30,6 +31,13 @@ def epoch_of(checkpoint: tune.Checkpoint | None) -> int:
         return -1
 
 
+def trial_device(gpu_ids: list, cuda_available: bool) -> str:
+    """The device of a trial: Ray sets CUDA_VISIBLE_DEVICES to the GPUs it gave a trial, but leaves it as it
+    is for a trial given none, so "a GPU is visible" would put every such trial on GPU 0 outside Ray's count.
+    (Logical GPUs on a machine without CUDA, as in the tests, train on the CPU.)"""
+    return "cuda" if gpu_ids and cuda_available else "cpu"
+
+
 def tune_trainable(config: dict) -> None:
     """Ray Tune function trainable: one config dict in, one report per epoch out.
 
@@ -39,8 +47,11 @@ def tune_trainable(config: dict) -> None:
     epochs Ray has not seen are replayed from its history (ASHA may stop the trial then, as it would
     have) instead of trained again.
     """
+    import torch
+
     from .train import free_memory, train  # here, not at the top: the search's driver needs no fastai
     cfg = TrainConfig.from_dict(config)
+    device = trial_device(ray.get_gpu_ids(), torch.cuda.is_available())
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
@@ -48,7 +59,7 @@ def tune_trainable(config: dict) -> None:
              for p in checkpoints(storage.storage_filesystem, storage.trial_fs_path)]
     newest = max([given, *found], key=epoch_of)
     if newest is None or epoch_of(newest) <= 0:
-        train(cfg, [TuneReporter()])
+        train(cfg, [TuneReporter()], device=device)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(newest.to_directory(str(Path(tmp) / "newest")))  # Ray may reuse its folder's name
@@ -56,5 +67,5 @@ def tune_trainable(config: dict) -> None:
             for metrics in history[max(epoch_of(given), 0):]:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(local)))
             if len(history) < cfg.epochs:
-                train(cfg, [TuneReporter()], resume_from=local)
+                train(cfg, [TuneReporter()], resume_from=local, device=device)
     free_memory()

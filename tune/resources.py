@@ -35,39 +35,47 @@ def start_ray(address: str | None) -> None:
                  logging_level=logging.ERROR)  # Ray's start-up notices would bury a one-line error
 
 
-def totals() -> tuple[float, float]:
-    """(CPUs, GPUs) of the local Ray or the cluster."""
-    r = ray.cluster_resources()
-    return r.get("CPU", 0.0), r.get("GPU", 0.0)
+def nodes() -> list[dict]:
+    """{"CPU": c, "GPU": g} of each live node of the local Ray or the cluster."""
+    return [{"CPU": n["Resources"].get("CPU", 0.0), "GPU": n["Resources"].get("GPU", 0.0)}
+            for n in ray.nodes() if n.get("Alive")]
 
 
-def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None) -> dict:
-    """{"cpu": c, "gpu": g} for one trial. GPUs are used when present; fractions pack trials on a GPU."""
-    cpus, gpus = totals()
+def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape: list[dict] | None = None) -> dict:
+    """{"cpu": c, "gpu": g} for one trial, sized by the nodes (`shape`, default: this Ray's) that will hold it:
+    a trial runs on one node, so a cluster's totals say nothing of what a trial can ask for."""
+    shape = nodes() if shape is None else shape
+    gpus = sum(n["GPU"] for n in shape)
     if gpus_per_trial is None:
         gpus_per_trial = 1.0 if gpus else 0.0
-    if gpus_per_trial < 0 or (gpus_per_trial > 1 and not float(gpus_per_trial).is_integer()):
-        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g}: use a fraction of one GPU or a whole number")
+    if gpus_per_trial < 0:
+        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g}: use 0, 1 or a fraction of one GPU")
+    if gpus_per_trial > 1:  # Ray would reserve them all while the trainer drives one
+        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g}: a trial trains on one GPU; use 1, or a fraction "
+                         "such as 0.5 or 0.25 to pack trials on a GPU")
     if gpus_per_trial > 0 and gpus == 0:
         raise UsageError(f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs, but this machine or cluster has none")
-    if gpus_per_trial > gpus:
-        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g} is more than the {gpus:g} GPU(s) available")
+    hosts = [n for n in shape if n["GPU"] >= gpus_per_trial] if gpus_per_trial else [n for n in shape if n["CPU"]]
     if cpus_per_trial is None:
-        # CPUs follow the GPU share; without GPUs, about four trials at once
-        share = gpus_per_trial / gpus if gpus_per_trial else 0.25
-        cpus_per_trial = max(1.0, math.floor(cpus * share))
-    if cpus_per_trial <= 0 or cpus_per_trial > cpus:
-        raise UsageError(f"--cpus-per-trial {cpus_per_trial:g} must be above 0 and at most the {cpus:g} CPUs")
+        # a GPU node's CPUs follow its GPU share; without GPUs, about four trials at once on the largest node
+        cpus_per_trial = max(1.0, min(math.floor(n["CPU"] * gpus_per_trial / n["GPU"]) for n in hosts)
+                             if gpus_per_trial else math.floor(max(n["CPU"] for n in hosts) * 0.25))
+    if cpus_per_trial <= 0 or not any(n["CPU"] >= cpus_per_trial for n in hosts):
+        most = max((n["CPU"] for n in hosts), default=0)
+        raise UsageError(f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial {gpus_per_trial:g}: no node "
+                         f"can hold it (the most CPUs on a node{' with a GPU' if gpus_per_trial else ''}: {most:g})")
     return {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
 
 
-def slots(resources: dict) -> int:
-    """How many trials the cluster can run at once with these per-trial resources."""
-    cpus, gpus = totals()
-    n = math.floor(cpus / resources["cpu"] + 1e-9)
-    if resources["gpu"]:
-        n = min(n, math.floor(gpus / resources["gpu"] + 1e-9))
-    return max(n, 1)
+def slots(resources: dict, shape: list[dict] | None = None) -> int:
+    """How many trials the nodes (`shape`, default: this Ray's) can run at once with these per-trial resources."""
+    total = 0
+    for n in (nodes() if shape is None else shape):
+        k = math.floor(n["CPU"] / resources["cpu"] + 1e-9)
+        if resources["gpu"]:
+            k = min(k, math.floor(n["GPU"] / resources["gpu"] + 1e-9))
+        total += k
+    return max(total, 1)
 
 
 def _alive_nodes() -> list[str]:

@@ -1,0 +1,24 @@
+"""What one trial asks Ray for, sized from the shape of the machine or cluster."""
+import pytest
+
+
+# a CPU-only head of 8 CPUs and two workers of 8 CPUs and 1 GPU each (issue 13, item 4)
+CLUSTER = [{"CPU": 8.0, "GPU": 0.0}, {"CPU": 8.0, "GPU": 1.0}, {"CPU": 8.0, "GPU": 1.0}]
+
+
+@pytest.mark.parametrize("gpus, want_cpus, want_slots", [(None, 8, 2), (1, 8, 2), (0.5, 4, 4), (0.25, 2, 8)])
+def test_cpus_per_trial_are_sized_from_the_nodes_that_hold_the_gpus(gpus, want_cpus, want_slots):
+    from tune.resources import per_trial, slots
+    res = per_trial(gpus, None, CLUSTER)
+    assert res == {"cpu": want_cpus, "gpu": gpus or 1.0}
+    assert slots(res, CLUSTER) == want_slots
+
+
+def test_a_trial_no_single_node_can_hold_is_refused():
+    from tune.cli import UsageError
+    from tune.resources import per_trial
+    with pytest.raises(UsageError, match="no node can hold it"):
+        per_trial(1, 12, CLUSTER)   # 24 CPUs in all, but 8 on any node
+    with pytest.raises(UsageError, match="a trial trains on one GPU"):
+        per_trial(2, None, CLUSTER)
+    assert per_trial(0, None, CLUSTER) == {"cpu": 2, "gpu": 0}   # CPU trials: a quarter of the largest node
