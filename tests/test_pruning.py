@@ -122,3 +122,23 @@ def test_a_restored_search_gets_back_the_scheduler_that_rebuilds_its_rungs(tmp_p
     scheduler = restored._local_tuner._tune_config.scheduler  # private, on purpose: what Ray will run
     assert isinstance(scheduler, ResumableASHA) and scheduler._experiment == str(s.experiment)
     assert not scheduler._replayed   # as built: it reads the folder when the resumed search adds a trial
+
+
+def test_a_wide_search_starts_only_the_start_up_trials_at_random_and_guides_the_rest():
+    """16 slots, TPE with 3 start-up trials: 3 configs at first, the other slots wait until those 3 have
+    finished (one pruned counts), then every config comes from the model."""
+    from ray import tune
+
+    from tune.pruning import TruthfulOptunaSearch
+    s = TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
+                             sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=0), max_epochs=4,
+                             startup=3)
+    started = [t for t in (f"t{i}" for i in range(16)) if s.suggest(t) is not None]
+    assert started == ["t0", "t1", "t2"]
+    s.on_trial_complete("t0", {"accuracy": 0.5, "epoch": 4})
+    s.on_trial_complete("t1", {"accuracy": 0.3, "epoch": 2})   # stopped by ASHA at epoch 2: PRUNED
+    assert s.suggest("t3") is None                             # 2 of 3 finished: still held
+    s.on_trial_complete("t2", {"accuracy": 0.7, "epoch": 4})
+    assert all(s.suggest(f"g{i}") is not None for i in range(13))   # the model exists: all 13 at once
+    guided = {t.user_attrs["ray_trial_id"]: t.user_attrs["guided"] for t in s._ot_study.trials}
+    assert [k for k, v in guided.items() if not v] == ["t0", "t1", "t2"] and sum(guided.values()) == 13

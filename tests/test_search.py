@@ -56,6 +56,9 @@ def test_smoke_search_completes_and_exports(smoke):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert f"tensorboard --logdir {exp}" in r.stdout
     assert "best:" in r.stdout and "best_config.json" in r.stdout
+    # TPE's start-up trials are the only random ones, though two run at once
+    from tune.search import startup_trials
+    assert [bool(t.user_attrs.get("guided")) for t in study(exp).trials].count(False) == startup_trials(8)
     # the live table with the best so far, and none of fastai's progress bars or epoch tables
     assert "Current best trial" in r.stdout and "| Trial name" in r.stdout and "accuracy" in r.stdout
     assert "█" not in r.stdout and "train_loss  valid_loss" not in r.stdout

@@ -1,4 +1,10 @@
-"""Two things Ray Tune does not do for ASHA + Optuna, written here because no library option covers them.
+"""Three things Ray Tune does not do for ASHA + Optuna, written here because no library option covers them.
+
+- At width TPE would be random search: Optuna's TPE models only finished trials (COMPLETE, PRUNED), and
+  Tune asks for a config whenever a slot is free, so with 32 slots the first 32 configs are all random
+  start-up configs (constant_liar acts only once a model exists; ray-project/ray#52535). TruthfulOptunaSearch
+  starts exactly TPE's start-up count of random trials and holds the other slots until that many have
+  finished; every later trial is guided, and the study marks each trial `guided` or not.
 
 - Ray tells Optuna that a trial ASHA stopped early is COMPLETE with its early value, so TPE would learn
   from 1-epoch accuracies as if they were final. TruthfulOptunaSearch tells Optuna PRUNED, with the
@@ -22,14 +28,26 @@ from tune.trials import STEP, Experiment
 
 
 class TruthfulOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, **kwargs):
+    def __init__(self, *args, max_epochs: int, startup: int = 0, **kwargs):
+        """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler."""
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
+        self.startup = startup
+
+    def _finished(self) -> int:
+        return len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
     def suggest(self, trial_id):
+        finished = self._finished() if self.startup else 0
+        if self.startup and trial_id not in self._ot_trials and finished < self.startup:
+            running = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+            if finished + running >= self.startup:
+                return None  # a slot waits: Tune asks again at its next step
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # lets the study and Ray's trial folders be joined later
-            self._ot_trials[trial_id].set_user_attr("ray_trial_id", trial_id)
+            ot = self._ot_trials[trial_id]
+            ot.set_user_attr("ray_trial_id", trial_id)
+            ot.set_user_attr("guided", bool(self.startup) and finished >= self.startup)
         return config
 
     def restore(self, checkpoint_path: str):

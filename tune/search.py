@@ -90,15 +90,22 @@ def param_space(s: Settings) -> dict:
     return {**space.fixed, "epochs": s.max_epochs, **{k: domain(d) for k, d in space.params.items()}}
 
 
+def startup_trials(samples: int) -> int:
+    """TPE's random start-up trials: a quarter of the search, 3 to 10, whatever the width."""
+    return min(10, max(3, samples // 4))
+
+
 def searcher(s: Settings) -> TruthfulOptunaSearch:
+    startup = startup_trials(s.samples) if s.searcher == "tpe" else 0
     if s.searcher == "tpe":
         # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
         sampler = optuna.samplers.TPESampler(seed=s.seed, multivariate=True, constant_liar=True,
-                                             n_startup_trials=min(10, max(3, s.samples // 4)))
+                                             n_startup_trials=startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     storage = optuna.storages.RDBStorage(f"sqlite:///{s.experiment / STUDY_FILE}")
-    return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs)
+    return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
+                                startup=startup)
 
 
 def scheduler(s: Settings):

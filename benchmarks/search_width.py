@@ -1,0 +1,101 @@
+"""Does the search stay guided when it is wide? TPE + ASHA, random + ASHA and random search at 2, 8, 16 at once.
+
+python benchmarks/search_width.py [--space small] [--widths 2 8 16] [--seeds 0 1 2]
+Each search is `tune/run.py` as a user runs it, with real Ray, Optuna and fastai, on a local Ray given
+W logical CPUs (RAY_OVERRIDE_RESOURCES, Ray's own switch) and one per trial, so W trials run at once on
+this machine's cores: slower per trial, but epochs are what count here. Random search (every trial to
+the end) depends on no width: its 16 configs and their accuracies are the same at any width, so it runs
+once per seed and sets the bar. Per width and seed: the epochs TPE + ASHA and random + ASHA need to
+reach random search's final best (as a fraction of random search's epochs; the anytime curve of
+benchmarks/search_efficiency.py), their final best, and how many of TPE's trials were guided (chosen by
+the model rather than at random; the study's `guided` attribute). Targets: at 16 at once TPE + ASHA
+reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
+Saves benchmarks/results/search_width.json after every seed.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import ROOT, save
+from search_efficiency import anytime, epochs_to_reach
+
+from tune.trials import Experiment
+
+NAME = "search_width"
+
+
+def search(space, samples, seed, searcher, scheduler, width, root: Path) -> tuple[Path, float]:
+    name = f"{searcher}-{scheduler}-w{width}-s{seed}"
+    cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", space, "--samples", str(samples),
+           "--seed", str(seed), "--searcher", searcher, "--scheduler", scheduler, "--concurrent", str(width),
+           "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--results", str(root), "--name", name]
+    env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": max(width, 2)})}
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if r.returncode:
+        sys.exit(f"search {name} failed:\n{r.stderr[-3000:]}")
+    return root / name, time.perf_counter() - t0
+
+
+def guided(exp: Path) -> int:
+    return sum(bool(t.user_attrs.get("guided")) for t in Experiment(exp).study().trials)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--space", default="small")
+    p.add_argument("--samples", type=int, default=16)
+    p.add_argument("--widths", type=int, nargs="+", default=[2, 8, 16])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    args = p.parse_args()
+    rows = []
+    t_all = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            exp, wall = search(args.space, args.samples, seed, "random", "none", 2, Path(tmp))
+            rnd = anytime(exp)
+            target, total = rnd[-1][1], rnd[-1][0]
+            print(f"seed {seed}: random search {target:.4f} after {total} epochs ({wall:.0f} s)", flush=True)
+            for width in args.widths:
+                for searcher in ("tpe", "random"):
+                    exp, wall = search(args.space, args.samples, seed, searcher, "asha", width, Path(tmp))
+                    curve = anytime(exp)
+                    reach = epochs_to_reach(curve, target)
+                    rows.append({"seed": seed, "width": width, "method": f"{searcher} + ASHA",
+                                 "random_best": target, "random_epochs": total, "final_best": curve[-1][1],
+                                 "epochs": curve[-1][0], "epochs_to_random_best": reach,
+                                 "fraction_of_random_epochs": None if reach is None else reach / total,
+                                 "guided_trials": guided(exp), "wall_s": wall})
+                    print(json.dumps(rows[-1]), flush=True)
+            save(NAME, payload(args, rows, time.perf_counter() - t_all))
+
+
+def payload(args, rows, wall) -> dict:
+    summary = {}
+    for width in args.widths:
+        for method in ("tpe + ASHA", "random + ASHA"):
+            mine = [r for r in rows if r["width"] == width and r["method"] == method]
+            if not mine:
+                continue
+            fractions = [r["fraction_of_random_epochs"] for r in mine]
+            summary[f"{method} at {width}"] = {
+                "fractions_of_random_epochs": fractions,
+                "seeds_within_half": sum(f is not None and f <= 0.5 for f in fractions),
+                "mean_final_best": statistics.mean(r["final_best"] for r in mine if r["final_best"] is not None),
+                "guided_trials": [r["guided_trials"] for r in mine],
+                "mean_wall_s": statistics.mean(r["wall_s"] for r in mine)}
+    return {"space": args.space, "samples": args.samples, "widths": args.widths,
+            "seeds": sorted({r["seed"] for r in rows}), "summary": summary, "per_seed": rows,
+            "benchmark_wall_s": wall,
+            "targets": "at 16 at once TPE + ASHA reaches random search's final best within half of its epochs; "
+                       "it never ends below random + ASHA at any width"}
+
+
+if __name__ == "__main__":
+    main()
