@@ -167,6 +167,9 @@ def test_a_trial_that_raises_is_recorded_and_the_rest_finish(tmp_path):
     assert "trial(s) failed" in r.stdout
     lb = (exp / "leaderboard.csv").read_text()
     assert "errored" in lb and "needs a CUDA GPU" in lb
+    # the space leaves the data path to the default, and a trial has 1 CPU: no loader process for fastai's
+    assert "pipeline=tensor" in r.stdout
+    assert {json.loads((d / "params.json").read_text())["pipeline"] for d in trial_dirs(exp)} == {"tensor"}
 
 
 def test_killed_search_resumes_without_retraining(tmp_path):
@@ -309,9 +312,10 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
     space = tmp_path / "broken.yaml"
     space.write_text("search: {samples: 2, max_epochs: 1}\narch: tiny\nsize: 32\nworkers: 0\nprecision: fp16\n"
                      "lr: {loguniform: [1.0e-3, 1.0e-2]}\n")
-    r = run(["--space", str(space), "--name", "broken", "--results", str(tmp_path), *FAST, "--gpus-per-trial", "0"],
-            tmp_path)
+    r = run(["--space", str(space), "--name", "broken", "--results", str(tmp_path), *FAST, "--gpus-per-trial", "0",
+             "--set", "pipeline=fastai"], tmp_path)
     assert r.returncode == 1 and "nothing to export" in r.stderr
+    assert {json.loads(p.read_text())["pipeline"] for p in (tmp_path / "broken").glob("*/params.json")} == {"fastai"}
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(tmp_path / "broken")],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2

@@ -265,3 +265,12 @@ def test_a_trial_trains_where_ray_put_it(gpu_ids, cuda, want):
 def test_train_uses_the_device_it_is_given(tiny_cfg):
     res = train(tiny_cfg.replace(epochs=1, normalize="imagenet"), device="cpu")
     assert res.learn.dls.device.type == "cpu" and next(res.learn.model.parameters()).device.type == "cpu"
+
+
+@pytest.mark.parametrize("gib, gpu_gib, share, on_gpu", [
+    (0.96, 80, 0.25, True),    # imagenette-160 at 128 px, four trials on an H100: 0.96 of a 20 GiB share
+    (0.96, 16, 0.25, False),   # the same on a 16 GiB T4: 4 GiB each, the cache stays in host memory
+    (7.7, 80, 0.5, True), (7.7, 80, 0.25, False)])
+def test_the_tensor_cache_goes_to_the_gpu_only_within_a_fifth_of_the_trials_share(gib, gpu_gib, share, on_gpu):
+    from trainables.tensor_pipeline import cache_on_device
+    assert cache_on_device(int(gib * 2**30), gpu_gib * 2**30 * share) == on_gpu

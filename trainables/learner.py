@@ -67,9 +67,9 @@ def norm_stats(cfg: TrainConfig, idx: DatasetIndex):
     return None
 
 
-def build_dls(cfg: TrainConfig, idx: DatasetIndex, dev: torch.device | None = None):
+def build_dls(cfg: TrainConfig, idx: DatasetIndex, dev: torch.device | None = None, gpu_share: float = 1.0):
     """DataLoaders at the final size plus one training loader per progressive-resizing size, on `dev`
-    (default_device() when not given).
+    (default_device() when not given); `gpu_share` is the fraction of the GPU the run was given.
 
     Returns (dls, {size: train_dl}); validation always runs at `cfg.size`.
     """
@@ -77,7 +77,7 @@ def build_dls(cfg: TrainConfig, idx: DatasetIndex, dev: torch.device | None = No
     stats = norm_stats(cfg, idx)
     if cfg.pipeline == "tensor":
         from .tensor_pipeline import build_tensor_dls
-        return build_tensor_dls(cfg, idx, dev, stats)
+        return build_tensor_dls(cfg, idx, dev, stats, gpu_share)
     train_i, valid_i = idx.split(cfg.split, cfg.seed)
     items = [idx.root / f for f in idx.files]
     order = train_i + valid_i

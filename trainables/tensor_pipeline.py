@@ -116,14 +116,30 @@ class TensorLoader(DataLoader):
         return ((x - 127.5) * c + 127.5 + b).clamp_(0, 255)
 
 
-def build_tensor_dls(cfg: TrainConfig, idx: DatasetIndex, device: torch.device, stats):
-    """DataLoaders over the uint8 cache, and one training loader per progressive-resizing size."""
+CACHE_SHARE = 0.2  # of a trial's GPU memory, at most, for the cache: the model, activations and optimizer need the rest
+
+
+def cache_on_device(nbytes: int, share_bytes: float) -> bool:
+    """Whether the uint8 cache is copied to the GPU: Ray does not cap GPU memory, and every trial packed on a
+    GPU brings its own copy, so it must fit in a fifth of the trial's share; else batches come from host memory."""
+    return nbytes <= CACHE_SHARE * share_bytes
+
+
+def build_tensor_dls(cfg: TrainConfig, idx: DatasetIndex, device: torch.device, stats, gpu_share: float = 1.0):
+    """DataLoaders over the uint8 cache, and one training loader per progressive-resizing size. `gpu_share`
+    is the fraction of the GPU this run was given (Ray's gpus per trial)."""
     arr = tensor_cache(idx, cfg.size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the memmap is read-only on purpose: trials share it
         images = torch.from_numpy(arr)   # on the CPU, a view of the page cache
     if device.type == "cuda":
-        images = images.to(device)  # the whole dataset lives on the GPU: no loader processes, no copies
+        share = torch.cuda.get_device_properties(device).total_memory * gpu_share
+        if cache_on_device(arr.nbytes, share):
+            images = images.to(device)  # the whole dataset lives on the GPU: no loader processes, no copies
+        else:
+            print(f"the tensor cache ({arr.nbytes / 2**30:.1f} GiB) is more than {CACHE_SHARE:.0%} of this trial's "
+                  f"{share / 2**30:.1f} GiB of GPU memory: it stays in host memory (shared by the node's trials) "
+                  "and each batch is copied to the GPU", flush=True)
     vocab = idx.classes
     labels = torch.tensor([vocab.index(c) for c in idx.labels])
     train_i, valid_i = (torch.tensor(i) for i in idx.split(cfg.split, cfg.seed))

@@ -112,18 +112,20 @@ def save_checkpoint(learn: Learner, d: Path, epoch: int, history: list) -> None:
 
 
 def train(cfg: TrainConfig, reporters: Sequence[Reporter] = (), resume_from: Path | None = None,
-          progress: bool = False, cbs: Sequence[Callback] = (), device: str | None = None) -> TrainResult:
+          progress: bool = False, cbs: Sequence[Callback] = (), device: str | None = None,
+          gpu_share: float = 1.0) -> TrainResult:
     """Train one config; given a checkpoint folder, continue at its next epoch and end as if never stopped.
 
     `cbs` are extra fastai callbacks for this fit (profiling, inspection). `device` ("cuda", "cpu") is where
-    it trains; by default the GPU when one is visible (a Ray trial passes the device Ray gave it).
+    it trains; by default the GPU when one is visible (a Ray trial passes the device Ray gave it, and its
+    share of that GPU, `gpu_share`).
     """
     set_seed(cfg.seed)
     dev = torch.device(device) if device else default_device()
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     idx = index(prepare(cfg.data))
-    dls, stages = build_dls(cfg, idx, dev)
+    dls, stages = build_dls(cfg, idx, dev, gpu_share)
     learn = build_learner(cfg, dls)
     if not progress:  # fastai's bars stay only when asked for; the reporters print the epoch lines
         learn.remove_cb(ProgressCallback)

@@ -52,6 +52,8 @@ def tune_trainable(config: dict) -> None:
     from .train import free_memory, train  # here, not at the top: the search's driver needs no fastai
     cfg = TrainConfig.from_dict(config)
     device = trial_device(ray.get_gpu_ids(), torch.cuda.is_available())
+    share = min(1.0, tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0)) or 1.0
+    place = dict(device=device, gpu_share=share)
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
@@ -59,7 +61,7 @@ def tune_trainable(config: dict) -> None:
              for p in checkpoints(storage.storage_filesystem, storage.trial_fs_path)]
     newest = max([given, *found], key=epoch_of)
     if newest is None or epoch_of(newest) <= 0:
-        train(cfg, [TuneReporter()], device=device)
+        train(cfg, [TuneReporter()], **place)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(newest.to_directory(str(Path(tmp) / "newest")))  # Ray may reuse its folder's name
@@ -67,5 +69,5 @@ def tune_trainable(config: dict) -> None:
             for metrics in history[max(epoch_of(given), 0):]:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(local)))
             if len(history) < cfg.epochs:
-                train(cfg, [TuneReporter()], resume_from=local, device=device)
+                train(cfg, [TuneReporter()], resume_from=local, **place)
     free_memory()

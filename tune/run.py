@@ -116,6 +116,18 @@ def values_of(space, key) -> list:
     return [space.fixed.get(key, FIELDS[key].default)]
 
 
+def with_data_path(space, cpus_per_trial: float):
+    """A space that leaves `pipeline` to the config's default (fastai's, decoding JPEGs in loader processes)
+    gets the tensor path where a trial has under 2 CPUs: fastai's path would decode in the training process.
+    A pipeline the space or --set names is kept."""
+    import search_spaces
+    if "pipeline" in space.fixed or "pipeline" in space.params or cpus_per_trial >= 2:
+        return space
+    print(f"{cpus_per_trial:g} CPU per trial leaves fastai's data path no loader process: the trials use "
+          "pipeline=tensor (keep fastai's with --set pipeline=fastai)", flush=True)
+    return search_spaces.parse({**space.to_dict(), "pipeline": "tensor"}, space.name)
+
+
 def preparation(space) -> dict:
     """What trials will need ready on every node: datasets, statistics, a tensor cache per training size."""
     tensor = "tensor" in values_of(space, "pipeline")
@@ -146,12 +158,15 @@ def main(argv=None):
         space = s.parsed_space()
     else:
         s, space = settings_for(args)
-    prep = preparation(space)
-    data = prep["datasets"]
+    data = preparation(space)["datasets"]
     for d in data:  # a missing folder stops here, before Ray starts or anything is written
         check(d)
     resources.start_ray(s.address)
     res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)  # so do impossible resources
+    if not args.resume:
+        space = with_data_path(space, res["cpu"])
+        s.space = space.to_dict()
+    prep = preparation(space)
     if s.address:
         resources.check_shared_storage(s.root)
         resources.prepare_everywhere(**prep)
