@@ -364,3 +364,44 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     exp = tmp_path / "shared" / "cl"
     assert len(trial_dirs(exp)) == 2 and (exp / "best_config.json").is_file()
     assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up
+
+
+def placements(exp: Path) -> dict:
+    """{trial: (device, gpu_ids, node_id, start, end)} from what each trial reported."""
+    out = {}
+    for d in trial_dirs(exp):
+        rows = results_of(d)
+        out[d.name] = (rows[0]["device"], rows[0]["gpu_ids"], rows[0]["node_id"],
+                       rows[0]["timestamp"] - rows[0]["time_total_s"], rows[-1]["timestamp"])
+    return out
+
+
+def most_at_once(spans) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans], key=lambda x: (x[0], x[1]))
+    n = best = 0
+    for _, step in events:
+        n += step
+        best = max(best, n)
+    return best
+
+
+def test_logical_gpus_pack_trials_and_each_trial_trains_where_ray_put_it(tmp_path):
+    """A local Ray given 4 logical GPUs and 8 CPUs (Ray's RAY_OVERRIDE_RESOURCES): at 0.5 GPU per trial, 8
+    trials run at once, each told its GPU id; at 0 GPU per trial no trial gets one. This machine has no
+    CUDA, so every trial trains on the CPU either way: the device follows Ray's ids and torch's CUDA both."""
+    env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 8, "GPU": 4})}
+    common = ["--space", "smoke", "--samples", "8", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
+              "--results", str(tmp_path), *FAST]
+    r = subprocess.run(RUN + common + ["--name", "half", "--gpus-per-trial", "0.5"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "1 CPU / 0.5 GPU per trial" in r.stdout
+    placed = placements(tmp_path / "half")
+    assert len(placed) == 8 and most_at_once([(s, e) for *_, s, e in placed.values()]) == 8
+    ids = [g for _, g, *_ in placed.values()]
+    assert all(g in {"0", "1", "2", "3"} for g in ids) and max(ids.count(g) for g in set(ids)) == 2
+    assert {dev for dev, *_ in placed.values()} == {"cuda" if HAS_GPU else "cpu"}
+    r = subprocess.run(RUN + common + ["--name", "none", "--gpus-per-trial", "0"], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert {(dev, g) for dev, g, *_ in placements(tmp_path / "none").values()} == {("cpu", "")}

@@ -15,10 +15,15 @@ from .reporting import STATE_FILE, Reporter
 
 
 class TuneReporter(Reporter):
+    """Reports each epoch to Tune, with where the trial ran (device, the GPU ids Ray gave it, its node)."""
+
+    def __init__(self, placement: dict):
+        self.placement = placement
+
     def epoch(self, metrics, save):
         with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the trial's storage
             save(Path(d))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report({**metrics, **self.placement}, checkpoint=tune.Checkpoint.from_directory(d))
 
 
 def epoch_of(checkpoint: tune.Checkpoint | None) -> int:
@@ -51,9 +56,12 @@ def tune_trainable(config: dict) -> None:
 
     from .train import free_memory, train  # here, not at the top: the search's driver needs no fastai
     cfg = TrainConfig.from_dict(config)
-    device = trial_device(ray.get_gpu_ids(), torch.cuda.is_available())
+    gpu_ids = ray.get_gpu_ids()
+    device = trial_device(gpu_ids, torch.cuda.is_available())
     share = min(1.0, tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0)) or 1.0
     place = dict(device=device, gpu_share=share)
+    reporter = TuneReporter({"device": device, "gpu_ids": ",".join(map(str, gpu_ids)),  # text: not a TensorBoard scalar
+                             "node_id": ray.get_runtime_context().get_node_id()})
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
@@ -61,7 +69,7 @@ def tune_trainable(config: dict) -> None:
              for p in checkpoints(storage.storage_filesystem, storage.trial_fs_path)]
     newest = max([given, *found], key=epoch_of)
     if newest is None or epoch_of(newest) <= 0:
-        train(cfg, [TuneReporter()], **place)
+        train(cfg, [reporter], **place)
     else:
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(newest.to_directory(str(Path(tmp) / "newest")))  # Ray may reuse its folder's name
@@ -69,5 +77,5 @@ def tune_trainable(config: dict) -> None:
             for metrics in history[max(epoch_of(given), 0):]:
                 tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(local)))
             if len(history) < cfg.epochs:
-                train(cfg, [TuneReporter()], resume_from=local, **place)
+                train(cfg, [reporter], resume_from=local, **place)
     free_memory()

@@ -25,7 +25,7 @@ from trainables.tune_report import tune_trainable  # noqa: E402
 from tune import resources  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
-from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, trial_dirname  # noqa: E402
+from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, study_storage, trial_dirname  # noqa: E402
 
 METRIC, MODE = "accuracy", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -103,7 +103,7 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
                                              n_startup_trials=startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{s.experiment / STUDY_FILE}")
+    storage = study_storage(s.experiment / STUDY_FILE)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
                                 startup=startup)
 
