@@ -46,7 +46,7 @@ def fastai_tfms_rate(cfg: TrainConfig, idx, batches: int, repeats: int = 3) -> f
     from fastai.torch_core import TensorImage
     from trainables.learner import batch_tfms, norm_stats
     arr = tensor_cache(idx, cfg.size)
-    pipe = Pipeline([IntToFloatTensor(), *batch_tfms(cfg, cfg.size, norm_stats(cfg, idx))])
+    pipe = Pipeline([IntToFloatTensor(), *batch_tfms(cfg, cfg.size, norm_stats(cfg, idx), torch.device("cpu"))])
     pipe.split_idx = 0  # training: the random transforms on
     rng = np.random.default_rng(0)
 
