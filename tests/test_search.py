@@ -327,7 +327,10 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
 
 
 def test_search_on_a_running_ray_cluster(tmp_path):
-    """--address joins a cluster started with `ray start`: the code ships to its workers, storage is checked."""
+    """--address joins a cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU,
+    two workers of 8 CPUs and 1 GPU each (logical). A trial asks what a GPU node holds (8 CPUs, 1 GPU), not
+    a share of the cluster's 24 CPUs, so both trials run, one on each GPU node; the code ships to the
+    workers, and the storage is checked."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -335,10 +338,11 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the test cluster's own setting; real ones use tokens
     ray = str(Path(sys.executable).parent / "ray")
     temp = tempfile.mkdtemp(prefix="rt")   # short: Ray's socket paths must fit in 107 characters
-    # its own process group, stopped by signal: `ray stop` would stop every Ray on this machine
-    head = subprocess.Popen([ray, "start", "--head", "--block", "--num-cpus=2", "--include-dashboard=false",
-                             f"--port={port}", f"--temp-dir={temp}"], env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    small = ["--include-dashboard=false", "--object-store-memory=100000000", "--block"]
+    # each in its own process group, stopped by signal: `ray stop` would stop every Ray on this machine
+    nodes = [subprocess.Popen([ray, "start", "--head", "--num-cpus=8", "--num-gpus=0", f"--port={port}",
+                               f"--temp-dir={temp}", *small], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         deadline = time.time() + 120
         while time.time() < deadline:
@@ -346,23 +350,44 @@ def test_search_on_a_running_ray_cluster(tmp_path):
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()
                 break
             except OSError:
-                assert head.poll() is None, "ray start --head failed"
+                assert nodes[0].poll() is None, "ray start --head failed"
                 time.sleep(0.5)
-        r = subprocess.run(RUN + ["--space", "smoke", "--samples", "2", "--name", "cl", "--address",
-                                  f"127.0.0.1:{port}", "--storage", str(tmp_path / "shared"), *FAST],
+        probe = ("import ray, sys, time; ray.init(address='127.0.0.1:%d')\n"
+                 "while sum(n['Alive'] for n in ray.nodes()) < int(sys.argv[1]): time.sleep(0.5)\n"
+                 "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and not n['Resources'].get('GPU')])" % port)
+
+        def alive(n):  # the head's node ids once n nodes are up (a worker started too early gives up)
+            return subprocess.run([sys.executable, "-c", probe, str(n)], env=env, capture_output=True, text=True,
+                                  timeout=180).stdout.strip()
+        head_id = alive(1)
+        for n in (2, 3):  # one at a time: two started at once on this machine did not both join
+            nodes.append(subprocess.Popen([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=8",
+                                           "--num-gpus=1", *small[1:]], env=env, stdout=subprocess.DEVNULL,
+                                          stderr=subprocess.DEVNULL, start_new_session=True))
+            alive(n)
+        r = subprocess.run(RUN + ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1",
+                                  "--searcher", "random", "--name", "cl", "--address", f"127.0.0.1:{port}",
+                                  "--storage", str(tmp_path / "shared"), *FAST],
                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            head.wait(15)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)   # whatever of the group outlived SIGTERM
-        head.wait()
+        for node in reversed(nodes):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGTERM)
+        for node in reversed(nodes):
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                node.wait(15)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.pid, signal.SIGKILL)   # whatever of the group outlived SIGTERM
+            node.wait()
         shutil.rmtree(temp, ignore_errors=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "8 CPU / 1 GPU per trial" in r.stdout
     exp = tmp_path / "shared" / "cl"
     assert len(trial_dirs(exp)) == 2 and (exp / "best_config.json").is_file()
+    placed = placements(exp)
+    nodes_used = {node for _, _, node, _, _ in placed.values()}
+    assert len(nodes_used) == 2 and not nodes_used & set(eval(head_id))   # one trial on each GPU worker
+    assert {g for _, g, *_ in placed.values()} == {"0"}
     assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up
 
 
