@@ -22,3 +22,15 @@ def test_a_trial_no_single_node_can_hold_is_refused():
     with pytest.raises(UsageError, match="a trial trains on one GPU"):
         per_trial(2, None, CLUSTER)
     assert per_trial(0, None, CLUSTER) == {"cpu": 2, "gpu": 0}   # CPU trials: a quarter of the largest node
+
+
+def test_a_cluster_still_scaling_up_is_not_refused_what_its_autoscaler_may_add(capsys):
+    from tune.cli import UsageError
+    from tune.resources import per_trial
+    head_only = [{"CPU": 8.0, "GPU": 0.0}]
+    with pytest.raises(UsageError, match="this machine has none"):
+        per_trial(1, 8, head_only)
+    with pytest.raises(UsageError, match="give --cpus-per-trial too"):
+        per_trial(1, None, head_only, cluster=True)   # nothing to size the CPUs from yet
+    assert per_trial(1, 8, head_only, cluster=True) == {"cpu": 8, "gpu": 1}
+    assert "wait PENDING" in capsys.readouterr().out

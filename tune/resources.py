@@ -41,9 +41,12 @@ def nodes() -> list[dict]:
             for n in ray.nodes() if n.get("Alive")]
 
 
-def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape: list[dict] | None = None) -> dict:
+def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape: list[dict] | None = None,
+              cluster: bool = False) -> dict:
     """{"cpu": c, "gpu": g} for one trial, sized by the nodes (`shape`, default: this Ray's) that will hold it:
-    a trial runs on one node, so a cluster's totals say nothing of what a trial can ask for."""
+    a trial runs on one node, so a cluster's totals say nothing of what a trial can ask for. On a `cluster`
+    an autoscaler may add the nodes a request needs, so an explicit request no node holds yet is a warning
+    (its trials wait PENDING), not an error; on one machine it is refused."""
     shape = nodes() if shape is None else shape
     gpus = sum(n["GPU"] for n in shape)
     if gpus_per_trial is None:
@@ -53,17 +56,25 @@ def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape:
     if gpus_per_trial > 1:  # Ray would reserve them all while the trainer drives one
         raise UsageError(f"--gpus-per-trial {gpus_per_trial:g}: a trial trains on one GPU; use 1, or a fraction "
                          "such as 0.5 or 0.25 to pack trials on a GPU")
-    if gpus_per_trial > 0 and gpus == 0:
-        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs, but this machine or cluster has none")
     hosts = [n for n in shape if n["GPU"] >= gpus_per_trial] if gpus_per_trial else [n for n in shape if n["CPU"]]
+    if gpus_per_trial and not hosts and (not cluster or cpus_per_trial is None):
+        where = "this cluster has none yet" if cluster else "this machine has none"
+        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs, but {where}" +
+                         ("; give --cpus-per-trial too, and trials wait for the nodes an autoscaler adds"
+                          if cluster else ""))
     if cpus_per_trial is None:
         # a GPU node's CPUs follow its GPU share; without GPUs, about four trials at once on the largest node
         cpus_per_trial = max(1.0, min(math.floor(n["CPU"] * gpus_per_trial / n["GPU"]) for n in hosts)
                              if gpus_per_trial else math.floor(max(n["CPU"] for n in hosts) * 0.25))
-    if cpus_per_trial <= 0 or not any(n["CPU"] >= cpus_per_trial for n in hosts):
+    if cpus_per_trial <= 0:
+        raise UsageError(f"--cpus-per-trial {cpus_per_trial:g} must be above 0")
+    if not any(n["CPU"] >= cpus_per_trial for n in hosts):
         most = max((n["CPU"] for n in hosts), default=0)
-        raise UsageError(f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial {gpus_per_trial:g}: no node "
-                         f"can hold it (the most CPUs on a node{' with a GPU' if gpus_per_trial else ''}: {most:g})")
+        msg = (f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial {gpus_per_trial:g}: no node can hold it "
+               f"(the most CPUs on a node{' with a GPU' if gpus_per_trial else ''}: {most:g})")
+        if not cluster:
+            raise UsageError(msg)
+        print(f"warning: {msg} yet; its trials wait PENDING until an autoscaler adds such a node", flush=True)
     return {"cpu": cpus_per_trial, "gpu": gpus_per_trial}
 
 

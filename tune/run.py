@@ -162,7 +162,7 @@ def main(argv=None):
     for d in data:  # a missing folder stops here, before Ray starts or anything is written
         check(d)
     resources.start_ray(s.address)
-    res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial)  # so do impossible resources
+    res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial, cluster=bool(s.address))  # and impossible ones
     if not args.resume:
         space = with_data_path(space, res["cpu"])
         s.space = space.to_dict()

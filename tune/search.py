@@ -127,8 +127,10 @@ def trainable(res: dict):
 
 
 def build_tuner(s: Settings, res: dict) -> tune.Tuner:
-    """A new search; `res` is one trial's resources (tune.resources.per_trial)."""
-    concurrent = s.concurrent or min(resources.slots(res), s.samples)
+    """A new search; `res` is one trial's resources (tune.resources.per_trial). On one machine as many trials
+    run at once as it holds; on a cluster Ray places what it can and the rest wait PENDING, so the width
+    follows the cluster as an autoscaler grows it (Tune keeps as many trials pending as it may run)."""
+    concurrent = s.concurrent or (s.samples if s.address else min(resources.slots(res), s.samples))
     return tune.Tuner(
         trainable(res),
         param_space=param_space(s),
