@@ -69,10 +69,12 @@ def main():
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--data", help="dataset (default: the real photos if present, else synthetic)")
+    p.add_argument("--workers", type=int, help="fastai's loader processes (default: one per CPU, as a trial gets); "
+                   "0 is what a trial with 1 CPU gets; writes data_pipeline-workers-N.json")
     args = p.parse_args()
     data = args.data or (str(REAL_DATA) if REAL_DATA.is_dir() else "synthetic")
     idx = index(prepare(data))
-    base = TrainConfig(data=data, arch="tiny", size=args.size, bs=64)
+    base = TrainConfig(data=data, arch="tiny", size=args.size, bs=64, workers=args.workers)
 
     t0 = time.perf_counter()
     tensor_cache(idx, base.size)
@@ -88,14 +90,15 @@ def main():
         sub = real_subset(Path(tmp), 150, 40) if data == str(REAL_DATA) else None
         for p in ("fastai", "tensor"):
             cfg = TrainConfig(data=str(sub) if sub else "synthetic:train=200,val=40", arch="tiny", size=64,
-                              bs=64, epochs=1, lr=1e-2, tta=False, pipeline=p)
+                              bs=64, epochs=1, lr=1e-2, tta=False, pipeline=p, workers=args.workers)
             r = train(cfg)
             epochs[p] = {"epoch_s": r.history[0]["epoch_s"], "images_per_s": r.history[0]["images_per_s"],
                          "accuracy": r.accuracy}
             print(f"{p:>7} epoch of the tiny model at 64 px: {r.history[0]['epoch_s']:.1f} s, "
                   f"{r.history[0]['images_per_s']:.0f} images/s", flush=True)
     ratio = rates["tensor"] / rates["fastai"]
-    save("data_pipeline", {
+    save("data_pipeline" + ("" if args.workers is None else f"-workers-{args.workers}"), {
+        "fastai_workers": "one per CPU" if args.workers is None else args.workers,
         "data": label(data),
         "images": len(idx.files), "size": args.size, "batch_size": base.bs, "batches": args.batches,
         "loader_images_per_s": rates, "ratio_tensor_over_fastai": ratio,
