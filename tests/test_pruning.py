@@ -75,6 +75,9 @@ def test_history_is_read_from_the_trials_result_files(tmp_path):
     (tmp_path / "t2" / "result.json").write_text('{"trial_id": "t2", "epoch": 1, "accuracy": 0.6}\n')
     (tmp_path / "t1" / "params.json").write_text("{}")
     (tmp_path / "t2" / "params.json").write_text("{}")
+    (tmp_path / "t3").mkdir()
+    (tmp_path / "t3" / "params.json").write_text('{"lr": 0.0')   # killed while Ray wrote it: no trial yet
+    (tmp_path / "t3" / "result.json").write_text('{"trial_id": "t3", "epoch": 1, "accuracy": 0.6}\n')
     assert Experiment(tmp_path).metric_history("accuracy") == {"t1": [(1, 0.3), (2, 0.4)], "t2": [(1, 0.6)]}
 
 

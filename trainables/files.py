@@ -1,7 +1,7 @@
 """The project's one way to publish a file or a folder: build it beside its final place, then rename it in.
 
-A reader (another trial, a resumed search, TensorBoard) never sees half of it, and a crash leaves at most a
-hidden temporary that the next writer replaces.
+A reader (another trial, a resumed search, TensorBoard) never sees half of it; a writer killed midway
+leaves a hidden `.<name>.*.partial` beside it and never a half-written file under the final name.
 """
 from __future__ import annotations
 

@@ -55,7 +55,8 @@ def auto_workers() -> int:
 
 def batch_tfms(cfg: TrainConfig, size: int, stats, dev: torch.device) -> list:
     tfms = aug_transforms(size=size, min_scale=cfg.min_scale)
-    # from_stats would put the statistics on fastai's default device (a visible GPU) whatever `dev` is
+    # from_stats would put the statistics on fastai's default device (a visible GPU); a loader moves them to
+    # its own device, but a bare Pipeline (benchmarks/data_pipeline.py) does not
     return tfms + ([Normalize.from_stats(*stats, cuda=dev.type == "cuda")] if stats else [])
 
 

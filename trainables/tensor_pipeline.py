@@ -107,7 +107,8 @@ class TensorLoader(DataLoader):
 
     @staticmethod
     def _light(x: torch.Tensor) -> torch.Tensor:
-        """Brightness and contrast, each on 3 images in 4, up to ±20% as fastai's aug_transforms."""
+        """Brightness (±0.1 of the range) and contrast (×0.8-1.25), linear about mid-grey, each on 3 images in 4
+        (fastai's work in logit space: see the module docstring)."""
         n = x.shape[0]
         on = (torch.rand(n, 2) < 0.75).float()
         contrast = torch.exp(torch.empty(n).uniform_(math.log(0.8), math.log(1.25)) * on[:, 0])

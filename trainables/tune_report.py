@@ -75,7 +75,7 @@ def tune_trainable(config: dict) -> None:
             local = Path(newest.to_directory(str(Path(tmp) / "newest")))  # Ray may reuse its folder's name
             history = json.loads((local / STATE_FILE).read_text())["history"]
             for metrics in history[max(epoch_of(given), 0):]:
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(local)))
+                tune.report({**metrics, **reporter.placement}, checkpoint=tune.Checkpoint.from_directory(str(local)))
             if len(history) < cfg.epochs:
                 train(cfg, [reporter], resume_from=local, **place)
     free_memory()

@@ -24,15 +24,17 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.trials import STEP, Experiment
+from tune.trials import STEP, Experiment, fast_commits
 
 
 class TruthfulOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, startup: int = 0, **kwargs):
-        """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler."""
+    def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, **kwargs):
+        """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
+        `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py)."""
         super().__init__(*args, **kwargs)
         self.max_epochs = max_epochs
         self.startup = startup
+        self.wal = wal
 
     def _finished(self) -> int:
         return len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -54,6 +56,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         """After a kill, trials started since Ray's last snapshot are unknown to the restored search and
         will never report again: close them in the study (FAIL) instead of leaving them RUNNING."""
         super().restore(checkpoint_path)
+        if self.wal:
+            fast_commits(self._storage)  # the unpickled storage has a new engine without it
         known = {t.number for t in self._ot_trials.values()}
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number not in known:

@@ -103,9 +103,10 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
                                              n_startup_trials=startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    storage = study_storage(s.experiment / STUDY_FILE)
+    local = not s.address  # on a cluster the study is on shared storage (NFS), where WAL does not work
+    storage = study_storage(s.experiment / STUDY_FILE, wal=local)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
-                                startup=startup)
+                                startup=startup, wal=local)
 
 
 def scheduler(s: Settings):
@@ -128,9 +129,11 @@ def trainable(res: dict):
 
 def build_tuner(s: Settings, res: dict) -> tune.Tuner:
     """A new search; `res` is one trial's resources (tune.resources.per_trial). On one machine as many trials
-    run at once as it holds; on a cluster Ray places what it can and the rest wait PENDING, so the width
-    follows the cluster as an autoscaler grows it (Tune keeps as many trials pending as it may run)."""
-    concurrent = s.concurrent or (s.samples if s.address else min(resources.slots(res), s.samples))
+    run at once as it holds. On a cluster up to twice what its nodes hold now (at least TPE's start-up
+    count): Ray places what it can and the rest wait PENDING, which is what an autoscaler scales on, while
+    waiting trials do not hold configs drawn long before they run (Tune keeps that many pending)."""
+    concurrent = s.concurrent or min(s.samples, max(2 * resources.slots(res), startup_trials(s.samples))
+                                     if s.address else resources.slots(res))
     return tune.Tuner(
         trainable(res),
         param_space=param_space(s),

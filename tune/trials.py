@@ -10,8 +10,9 @@
         checkpoint_NNNNNN/ the checkpoints Ray keeps (trainables/train.py writes what is inside)
       best_config.json, leaderboard.csv, report.md, report/   what tune/export.py writes
 
-Export, report, resume and the benchmarks read through `Experiment`. A location is a folder or a URI that
-pyarrow's filesystems take (s3://...). Ray's ExperimentAnalysis is not used because it knows only the trials
+Export, report, resume and the benchmarks read through `Experiment`. Its trial reads go through pyarrow's
+filesystems, so they take a URI (s3://...) as well as a folder; the study, the export and the rewrite of
+replayed rows are local files for now (run.py refuses object-store storage). Ray's ExperimentAnalysis is not used because it knows only the trials
 of Ray's last snapshot (a killed driver's newest trials are missing) and drops a trial's whole history when
 one line of its result.json was cut short by a kill.
 """
@@ -34,23 +35,29 @@ CHECKPOINT_PREFIX = "checkpoint_"
 STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
 
 
-def study_storage(db: Path):
-    """The Optuna storage of a study file. Optuna commits every parameter of every trial on its own, and
-    SQLite's default journal syncs the disk at each commit (about 4 ms each, 10 per suggestion of `full`);
-    in WAL mode with synchronous=NORMAL a commit survives a killed process and syncs only at checkpoints."""
+def study_storage(db: Path, wal: bool = False):
+    """The Optuna storage of a study file; `wal` for the search's own, on a local disk (see fast_commits)."""
     import optuna
-    from sqlalchemy import event
-
     storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
+    return fast_commits(storage) if wal else storage
 
-    def pragmas(connection, _record):
-        cursor = connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
-        cursor.close()
 
-    event.listen(storage.engine, "connect", pragmas)
-    storage.engine.dispose()  # the connection Optuna opened to create its tables had no pragmas
+def _wal(connection, _record):
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
+
+
+def fast_commits(storage):
+    """Optuna commits every parameter of every trial on its own, and SQLite's default journal syncs the disk
+    at each commit (about 4 ms each, 10 per suggestion of `full`); in WAL mode with synchronous=NORMAL a
+    commit survives a killed process and syncs only at checkpoints. WAL needs a local disk (not NFS), and
+    the setting lives on the engine, which Optuna rebuilds when a storage is unpickled: call it again then."""
+    from sqlalchemy import event
+    if not event.contains(storage.engine, "connect", _wal):
+        event.listen(storage.engine, "connect", _wal)
+        storage.engine.dispose()  # connections opened before the listener have the default journal
     return storage
 
 
@@ -71,7 +78,7 @@ def read_text(fs: pafs.FileSystem, path: str) -> str | None:
     try:
         with fs.open_input_stream(path) as f:
             return f.readall().decode()
-    except (FileNotFoundError, OSError):
+    except OSError:
         return None
 
 
@@ -156,9 +163,15 @@ class Experiment:
             return None
         return optuna.load_study(study_name=self.name if self.name in names else names[0], storage=storage)
 
+    def params(self, trial_id: str) -> dict | None:
+        """The config Ray gave a trial; None while its params.json is missing or cut short by a kill."""
+        try:
+            return json.loads(read_text(self.fs, f"{self.path}/{trial_id}/{PARAMS_FILE}"))
+        except (TypeError, ValueError):
+            return None
+
     def trial_ids(self) -> list[str]:
-        return [d for d in folders(self.fs, self.path)
-                if read_text(self.fs, f"{self.path}/{d}/{PARAMS_FILE}") is not None]
+        return [d for d in folders(self.fs, self.path) if self.params(d) is not None]
 
     def history(self, trial_id: str) -> list[dict]:
         return epoch_rows(read_text(self.fs, f"{self.path}/{trial_id}/{RESULT_FILE}"))
@@ -175,7 +188,7 @@ class Experiment:
         out = []
         for trial_id in self.trial_ids():
             folder = f"{self.path}/{trial_id}"
-            raw = json.loads(read_text(self.fs, f"{folder}/{PARAMS_FILE}"))
+            raw = self.params(trial_id)
             try:
                 config = TrainConfig.from_dict(raw).to_dict()
             except ConfigError as e:
