@@ -113,4 +113,3 @@ def test_space_becomes_the_same_optuna_distributions(tmp_path):
     assert dists["resize_start"] == optuna.distributions.IntDistribution(32, 64, step=16)
     assert dists["normalize"] == optuna.distributions.CategoricalDistribution(["imagenet", "none"])
     assert dists["mixup_alpha"] == optuna.distributions.FloatDistribution(0, 1)
-
