@@ -87,11 +87,12 @@ def test_rebuilt_rungs_judge_by_the_cutoff_of_every_earlier_trial(tmp_path, valu
     assert decide(asha(tmp_path, history), "new", 2, value) == action
 
 
-def test_a_trial_stopped_before_the_interruption_is_stopped_again_when_it_replays_that_epoch(tmp_path):
+def test_a_trial_stopped_before_the_interruption_is_stopped_again_at_its_first_result(tmp_path):
     history = {"a": [(2, 0.9)], "b": [(2, 0.5)], "c": [(2, 0.7)]}
-    # b's rung is recorded, so plain replay would let it go on; the study says it was stopped at 2
+    # b's rung is recorded, so plain replay would let it go on; the study says it was stopped at 2, and
+    # its checkpoints are gone, so it comes back training from its first epoch
     assert decide(asha(tmp_path, history), "b", 2, 0.5) == TrialScheduler.CONTINUE
-    assert decide(asha(tmp_path, history, stopped={"b": 2}), "b", 2, 0.5) == TrialScheduler.STOP
+    assert decide(asha(tmp_path, history, stopped={"b": 2}), "b", 1, 0.3) == TrialScheduler.STOP
     assert decide(asha(tmp_path, history, stopped={"b": 2}), "a", 2, 0.9) == TrialScheduler.CONTINUE
 
 

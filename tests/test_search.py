@@ -106,6 +106,21 @@ def test_asha_stops_trials_and_optuna_records_them_pruned_with_intermediate_valu
         assert epochs[t.user_attrs["ray_trial_id"]] == want
 
 
+def test_a_finished_search_keeps_one_checkpoint_per_completed_trial_and_none_of_a_stopped_one(smoke):
+    _, exp = smoke
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study(exp).trials}
+    for d in trial_dirs(exp):
+        kept = sorted(d.glob("checkpoint_*"))
+        if states[d.name] == "PRUNED":
+            assert kept == [], d.name
+            continue
+        assert len(kept) == 1, d.name
+        state = json.loads((kept[0] / "state.json").read_text())
+        assert state["epoch"] == SMOKE_EPOCHS and len(state["history"]) == SMOKE_EPOCHS
+        saved = torch.load(kept[0] / "model.pth", map_location="cpu", weights_only=False)
+        assert "opt" not in saved and any(k.endswith("weight") for k in saved)   # the weights, no optimizer
+
+
 def test_every_trial_has_tensorboard_accuracy_per_epoch_and_hparams(smoke):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
@@ -226,6 +241,53 @@ def test_killed_search_resumes_without_retraining(tmp_path):
     states = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study(exp).trials}
     assert all(states[d.name] in ("COMPLETE", "PRUNED") for d in dirs)
     assert "RUNNING" not in states.values()
+
+
+def test_a_checkpoint_cut_short_by_a_kill_is_passed_over_and_the_older_one_resumed(tmp_path):
+    """A kill during Ray's parallel copy leaves a whole state.json beside a truncated model: resume must
+    take the checkpoint before it, and the study, Ray's folders and the export must agree afterwards."""
+    args = ["--space", "smoke", "--samples", "2", "--max-epochs", "4", "--concurrent", "1", "--name", "cut",
+            "--results", str(tmp_path), *FAST]
+    exp = tmp_path / "cut"
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    newest = None
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and p.poll() is None and newest is None:
+            time.sleep(0.2)
+            for ck in sorted(exp.glob("*/checkpoint_*/state.json")):
+                with contextlib.suppress(ValueError, OSError):
+                    if 2 <= json.loads(ck.read_text())["epoch"] < 4:
+                        os.killpg(p.pid, signal.SIGKILL)
+                        newest = ck.parent
+                        break
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert newest is not None, "a trial should be mid-way when killed"
+    trial = newest.parent
+    newest = sorted(trial.glob("checkpoint_*"))[-1]
+    state = json.loads((newest / "state.json").read_text())
+    cut = newest.with_name(f"checkpoint_{int(newest.name.split('_')[1]) + 1:06d}")
+    shutil.copytree(newest, cut)
+    fake = dict(state["history"][-1], epoch=state["epoch"] + 1, accuracy=-1.0)
+    (cut / "state.json").write_text(json.dumps({**state, "epoch": fake["epoch"], "history": state["history"] + [fake]}))
+    model = cut / "model.pth"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 3])
+
+    r = run(["--resume", str(exp)], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    states = {t.user_attrs.get("ray_trial_id"): t.state.name for t in study(exp).trials}
+    board = {row["trial_id"]: row for row in csv.DictReader(open(exp / "leaderboard.csv"))}
+    for d in trial_dirs(exp):
+        rows = results_of(d)
+        assert [m["epoch"] for m in rows] == list(range(1, len(rows) + 1)), d.name
+        assert all(m["accuracy"] >= 0 for m in rows)   # the cut checkpoint's history was never replayed
+        assert states[d.name] in ("COMPLETE", "PRUNED") and int(board[d.name]["epochs"]) == len(rows)
+        assert len(rows) == 4 or states[d.name] == "PRUNED"
+    assert len(list(trial.glob("checkpoint_*"))) <= 1
 
 
 @pytest.mark.parametrize("args, words", [

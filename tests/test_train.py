@@ -107,6 +107,29 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tiny_cfg,
     assert res.accuracy_tta == full.metrics[-1]["accuracy_tta"]
 
 
+def test_a_checkpoint_is_trusted_only_whole_and_the_last_one_holds_no_optimizer(tiny_cfg, tmp_path):
+    from tune.trials import checkpoint_state, checkpoints, filesystem
+
+    class SaveAll(Reporter):
+        def epoch(self, metrics, save):
+            d = tmp_path / f"checkpoint_{metrics['epoch']:06d}"
+            d.mkdir()
+            save(d)
+
+    train(tiny_cfg.replace(epochs=3), [SaveAll()])
+    fs, root = filesystem(tmp_path)
+    found = checkpoints(fs, root)
+    assert [checkpoint_state(fs, c)["epoch"] for c in found] == [1, 2, 3]
+    models = [tmp_path / f"checkpoint_{e:06d}" / "model.pth" for e in (1, 2, 3)]
+    assert models[2].stat().st_size < models[1].stat().st_size   # the optimizer's state is left out
+    # what a kill during Ray's parallel copy leaves: the whole state beside a model cut short, or none
+    models[1].write_bytes(models[1].read_bytes()[: models[1].stat().st_size // 2])
+    models[2].unlink()
+    assert [checkpoint_state(fs, c) is not None for c in found] == [True, False, False]
+    (tmp_path / "checkpoint_000001" / "state.json").write_text('{"epoch": 1, "hist')
+    assert checkpoint_state(fs, found[0]) is None
+
+
 @PIPELINES
 def test_same_seed_same_metrics_and_another_seed_differs(tiny_cfg, pipeline):
     tiny_cfg = tiny_cfg.replace(pipeline=pipeline)

@@ -105,10 +105,13 @@ class EpochMetrics(Callback):
         })
 
 
-def save_checkpoint(learn: Learner, d: Path, epoch: int, history: list) -> None:
+def save_checkpoint(learn: Learner, d: Path, epoch: int, history: list, with_opt: bool = True) -> None:
+    """The model (with its optimizer while the run can go on), then its state: the epoch, the metrics so far
+    and the size of each file, so a reader can tell a checkpoint cut short by a kill (tune.trials)."""
     d = Path(d)
-    learn.save(d.resolve() / "model", with_opt=True)
-    (d / STATE_FILE).write_text(json.dumps({"epoch": epoch, "history": history}))
+    learn.save(d.resolve() / "model", with_opt=with_opt)
+    files = {f.name: f.stat().st_size for f in d.iterdir() if f.name != STATE_FILE}
+    (d / STATE_FILE).write_text(json.dumps({"epoch": epoch, "history": history, "files": files}))
 
 
 def train(cfg: TrainConfig, reporters: Sequence[Reporter] = (), resume_from: Path | None = None,
@@ -149,7 +152,8 @@ def train(cfg: TrainConfig, reporters: Sequence[Reporter] = (), resume_from: Pat
     def publish(metrics):
         epoch, history = metrics["epoch"], list(result.history)
         for r in reporters:
-            r.epoch(metrics, lambda d: save_checkpoint(learn, d, epoch, history))
+            # the last epoch's checkpoint is never trained on: its weights without the optimizer's state
+            r.epoch(metrics, lambda d: save_checkpoint(learn, d, epoch, history, with_opt=epoch < cfg.epochs))
 
     try:
         if start < cfg.epochs:

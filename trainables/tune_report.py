@@ -1,39 +1,47 @@
 """The trainer's only contact with Ray: report each epoch with a checkpoint, resume from the newest one."""
 from __future__ import annotations
 
-import json
+import contextlib
 import tempfile
+import time
 from pathlib import Path
 
 import ray
 from ray import tune
 
-from tune.trials import checkpoints, read_text
+from tune.trials import checkpoint_state, checkpoints
 
 from .config import TrainConfig
-from .reporting import STATE_FILE, Reporter
+from .reporting import Reporter
 
 
 class TuneReporter(Reporter):
-    """Reports each epoch to Tune, with where the trial ran (device, the GPU ids Ray gave it, its node)."""
+    """Reports each epoch to Tune, with where the trial ran (device, the GPU ids Ray gave it, its node), and
+    a checkpoint at the last epoch and whenever one is due: a checkpoint (the write, Ray's copy to storage)
+    is taken once at least ten times its cost has passed since the last, so saving costs at most about a
+    tenth of a trial's time, and a kill loses at most that much training, or one epoch."""
 
-    def __init__(self, placement: dict):
-        self.placement = placement
+    def __init__(self, placement: dict, epochs: int):
+        self.placement, self.epochs = placement, epochs
+        self.cost = 0.0                  # seconds the last checkpoint added to its report
+        self.plain = 0.0                 # seconds a report without one took (the driver's round trip)
+        self.since = time.monotonic()    # when the last checkpoint was done
 
     def epoch(self, metrics, save):
+        start, row = time.monotonic(), {**metrics, **self.placement}
+        if metrics["epoch"] < self.epochs and start - self.since < 10 * self.cost:
+            tune.report(row)
+            self.plain = time.monotonic() - start
+            return
         with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the trial's storage
             save(Path(d))
-            tune.report({**metrics, **self.placement}, checkpoint=tune.Checkpoint.from_directory(d))
+            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+        self.since = time.monotonic()
+        self.cost = max(self.since - start - self.plain, 0.0)
 
 
-def epoch_of(checkpoint: tune.Checkpoint | None) -> int:
-    """Epochs a checkpoint holds; 0 for none, -1 for one cut short."""
-    if checkpoint is None:
-        return 0
-    try:
-        return json.loads(read_text(checkpoint.filesystem, f"{checkpoint.path}/{STATE_FILE}"))["epoch"]
-    except (TypeError, ValueError, KeyError):
-        return -1
+def state_of(checkpoint: tune.Checkpoint | None) -> dict | None:
+    return checkpoint_state(checkpoint.filesystem, checkpoint.path) if checkpoint else None
 
 
 def trial_device(gpu_ids: list, cuda_available: bool) -> str:
@@ -61,21 +69,31 @@ def tune_trainable(config: dict) -> None:
     share = min(1.0, tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0)) or 1.0
     place = dict(device=device, gpu_share=share)
     reporter = TuneReporter({"device": device, "gpu_ids": ",".join(map(str, gpu_ids)),  # text: not a TensorBoard scalar
-                             "node_id": ray.get_runtime_context().get_node_id()})
+                             "node_id": ray.get_runtime_context().get_node_id()}, cfg.epochs)
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
-    found = [tune.Checkpoint(p, filesystem=storage.storage_filesystem)
-             for p in checkpoints(storage.storage_filesystem, storage.trial_fs_path)]
-    newest = max([given, *found], key=epoch_of)
-    if newest is None or epoch_of(newest) <= 0:
+    fs = storage.storage_filesystem
+    found = [tune.Checkpoint(p, filesystem=fs) for p in checkpoints(fs, storage.trial_fs_path)]
+    usable = [(st, c) for c in [given, *found] if (st := state_of(c))]
+    if not usable:
         train(cfg, [reporter], **place)
     else:
+        state, newest = max(usable, key=lambda sc: sc[0]["epoch"])
+        seen = (state_of(given) or {"epoch": 0})["epoch"]
+        history = state["history"]
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(newest.to_directory(str(Path(tmp) / "newest")))  # Ray may reuse its folder's name
-            history = json.loads((local / STATE_FILE).read_text())["history"]
-            for metrics in history[max(epoch_of(given), 0):]:
-                tune.report({**metrics, **reporter.placement}, checkpoint=tune.Checkpoint.from_directory(str(local)))
+            replay = history[seen:]
+            for i, metrics in enumerate(replay):  # Ray copies the checkpoint of the last row only
+                last = i == len(replay) - 1
+                tune.report({**metrics, **reporter.placement},
+                            checkpoint=tune.Checkpoint.from_directory(str(local)) if last else None)
+            if replay:  # the checkpoint just reported supersedes the folders left from before the kill
+                for c in found:
+                    if c.path not in (storage.checkpoint_fs_path, given and given.path):
+                        with contextlib.suppress(FileNotFoundError):
+                            fs.delete_dir(c.path)
             if len(history) < cfg.epochs:
                 train(cfg, [reporter], resume_from=local, **place)
     free_memory()

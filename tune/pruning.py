@@ -12,8 +12,9 @@
 - Ray saves no scheduler state (Tuner.restore unpickles the scheduler as it was before the search began),
   so after a resume ASHA's rungs would be empty and a trial that an uninterrupted search would stop could
   run to the end. ResumableASHA reads the experiment folder when its first trial is added: it replays
-  every trial's per-epoch results into its rungs, and stops again any trial the study says was stopped
-  before the interruption, should it come back from an older snapshot. On a new search the folder is empty.
+  every trial's per-epoch results into its rungs, and stops again, at its first result, any trial the
+  study says was stopped before the interruption, should it come back from an older snapshot (its
+  checkpoints were deleted when it stopped). On a new search the folder is empty.
 """
 from __future__ import annotations
 
@@ -28,10 +29,13 @@ from tune.trials import STEP, Experiment, fast_commits
 
 
 class TruthfulOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, **kwargs):
+    def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, experiment: str = "",
+                 **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
-        `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py)."""
+        `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py);
+        `experiment`: the search's folder or URI, where the checkpoints of trials stopped early are deleted."""
         super().__init__(*args, **kwargs)
+        self.experiment = experiment
         self.max_epochs = max_epochs
         self.startup = startup
         self.wal = wal
@@ -90,6 +94,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         if result.get(self.metric) is None or self._report(trial_id, result):
             self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
             self._completed_trials.add(trial_id)
+        if self.experiment:  # after the study knows: a resumed search stops it again instead of resuming it
+            Experiment(self.experiment).delete_checkpoints(trial_id)
 
 
 class _Seen:
@@ -101,7 +107,7 @@ class _Seen:
 
 class ResumableASHA(ASHAScheduler):
     """ASHA whose rungs start from the results already in `experiment`, and which keeps the study's earlier
-    stops: a trial replaying an epoch it passed before has its rung recorded, and plain ASHA would let it go on."""
+    stops (plain ASHA would let a trial that comes back go on: its rungs hold its own earlier values)."""
 
     def __init__(self, *args, experiment: str, **kwargs):
         super().__init__(*args, **kwargs)
@@ -110,7 +116,7 @@ class ResumableASHA(ASHAScheduler):
         self._replayed = False
 
     def on_trial_result(self, tune_controller, trial, result):
-        if result.get(self._time_attr, 0) >= self._stopped.get(trial.trial_id, float("inf")):
+        if trial.trial_id in self._stopped:  # its checkpoints went when it stopped: it would train again
             self._num_stopped += 1
             return self.STOP
         return super().on_trial_result(tune_controller, trial, result)

@@ -106,7 +106,7 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
     local = not s.address  # on a cluster the study is on shared storage (NFS), where WAL does not work
     storage = study_storage(s.experiment / STUDY_FILE, wal=local)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
-                                startup=startup, wal=local)
+                                startup=startup, wal=local, experiment=str(s.experiment))
 
 
 def scheduler(s: Settings):
@@ -144,7 +144,9 @@ def build_tuner(s: Settings, res: dict) -> tune.Tuner:
                                     reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.root, progress_reporter=progress_table(s), verbose=1,
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+            # the newest checkpoint is all a resume needs; while Ray copies the next one the last stays,
+            # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=s.retries)),
     )
 

@@ -7,7 +7,8 @@
         params.json        the config Ray gave the trial
         result.json        one JSON line per reported epoch (Ray's logger); progress.csv the same as CSV
         error.txt          the traceback of a trial that raised
-        checkpoint_NNNNNN/ the checkpoints Ray keeps (trainables/train.py writes what is inside)
+        checkpoint_NNNNNN/ the newest checkpoint Ray keeps while the trial runs (trainables/train.py writes
+                           it); a completed trial keeps its last weights, a stopped one none
       best_config.json, leaderboard.csv, report.md, report/   what tune/export.py writes
 
 Export, report, resume and the benchmarks read through `Experiment`. Its trial reads go through pyarrow's
@@ -26,6 +27,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 
 from trainables.files import write_text
+from trainables.reporting import STATE_FILE
 
 STEP = "epoch"  # the step of every result: not Ray's training_iteration, which restarts after a kill
 SETTINGS_FILE = "search.json"
@@ -95,6 +97,34 @@ def folders(fs: pafs.FileSystem, path: str, prefix: str = "") -> list[str]:
 def checkpoints(fs: pafs.FileSystem, trial_path: str) -> list[str]:
     """A trial folder's checkpoint folders, oldest first."""
     return [f"{trial_path}/{c}" for c in folders(fs, trial_path, CHECKPOINT_PREFIX)]
+
+
+def checkpoint_state(fs: pafs.FileSystem, path: str) -> dict | None:
+    """A checkpoint's state (epoch, history, the size of each file) if it can be resumed from: every file
+    it lists is there at its size. Ray copies a checkpoint's files in parallel, so a kill can leave a whole
+    state.json beside a model cut short. None for such a checkpoint, or one without a readable state."""
+    try:
+        state = json.loads(read_text(fs, f"{path}/{STATE_FILE}"))
+        state["epoch"], files = int(state["epoch"]), dict(state["files"])
+    except (TypeError, ValueError, KeyError):
+        return None
+    sizes = {i.base_name: i.size for i in fs.get_file_info([f"{path}/{f}" for f in files])
+             if i.type == pafs.FileType.File}
+    return state if files and all(sizes.get(f) == n for f, n in files.items()) else None
+
+
+def delete_checkpoints(fs: pafs.FileSystem, trial_path: str) -> int:
+    """Delete a trial's checkpoint folders (one stopped early: neither the export nor the final run reads
+    them); returns the bytes freed."""
+    freed = 0
+    for path in checkpoints(fs, trial_path):
+        try:
+            freed += sum(i.size for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                         if i.type == pafs.FileType.File)
+            fs.delete_dir(path)
+        except FileNotFoundError:  # Ray deleted it meanwhile (it keeps one per trial)
+            pass
+    return freed
 
 
 def epoch_rows(text: str | None) -> list[dict]:
@@ -205,6 +235,9 @@ class Experiment:
                 t.status = "completed"
             out.append(t)
         return out
+
+    def delete_checkpoints(self, trial_id: str) -> int:
+        return delete_checkpoints(self.fs, f"{self.path}/{trial_id}")
 
     def metric_history(self, metric: str) -> dict:
         """{trial_id: [(epoch, value), ...]} of every trial that reported `metric`."""
