@@ -304,7 +304,7 @@ def test_a_checkpoint_cut_short_by_a_kill_is_passed_over_and_the_older_one_resum
     (["--resume", "/not/an/experiment"], "not a search"),
     (["--resume", "EXISTING", "--samples", "3"], "--samples cannot change them"),
     (["--space", "smoke", "--set", "epochs=3"], "--max-epochs"),
-    (["--space", "smoke", "--address", "auto", "--storage", "s3://bucket/x"], "object-store URIs"),
+    (["--space", "smoke", "--storage", "nosuch://bucket/x"], "cannot reach nosuch://bucket/x"),
     (["--space", "smoke", "--samples", "many"], "invalid int value"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):

@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 
 from trainables.files import atomic_file, write_json  # noqa: E402
 from tune.cli import Parser, UsageError, quiet, run  # noqa: E402
-from tune.trials import Experiment, Trial  # noqa: E402
+from tune.trials import EXPORT_FILES, Experiment, Trial, upload  # noqa: E402
 
 
 class ExportError(UsageError):
@@ -53,13 +53,13 @@ def write_leaderboard(trials: list[Trial], path: Path, metric: str = "accuracy")
     atomic_file(path, build)
 
 
-def export(experiment: Path, metric: str = "accuracy", scope: str = "last") -> dict:
+def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> dict:
+    """Writes the export into the experiment's home folder, and mirrors it where the trials are."""
     from trainables.provenance import git_commit, versions
     from tune.report import write_report
-    experiment = Path(experiment).resolve()
-    exp = Experiment(experiment)
     if not exp.exists():
-        raise ExportError(f"no experiment folder at {experiment}")
+        raise ExportError(f"no experiment at {exp.location}")
+    experiment = exp.home
     study = exp.study()
     trials = exp.trials(study)
     write_leaderboard(trials, experiment / "leaderboard.csv")  # even with no winner: it lists the errors
@@ -73,6 +73,8 @@ def export(experiment: Path, metric: str = "accuracy", scope: str = "last") -> d
     }
     write_json(experiment / "best_config.json", {"config": best.config, "provenance": provenance})
     write_report(experiment, trials, best, provenance, study)
+    if not exp.local:
+        upload(experiment, exp.fs, exp.path, EXPORT_FILES)
     return {"best": best, "provenance": provenance, "trials": trials}
 
 
@@ -91,13 +93,21 @@ def print_summary(summary: dict, experiment: Path) -> None:
 def main(argv=None):
     quiet()
     p = Parser(prog="tune/export.py", description=__doc__.split("\n\n")[0])
-    p.add_argument("experiment", help="results/<name>")
+    p.add_argument("experiment", help="results/<name>, or where --storage put it (s3://bucket/prefix/<name>)")
+    p.add_argument("--results", default="results",
+                   help="for a URI: the local folder the export goes in, as <results>/<name> (default results/)")
     p.add_argument("--metric", default="accuracy", choices=("accuracy", "accuracy_tta"))
     p.add_argument("--scope", default="last", choices=("last", "all"),
                    help="last: the accuracy at the end of training; all: the best accuracy at any epoch")
     args = p.parse_args(argv)
-    exp = Path(args.experiment).expanduser().resolve()
-    print_summary(export(exp, args.metric, args.scope), exp)
+    if "://" in args.experiment:
+        name = args.experiment.rstrip("/").rsplit("/", 1)[-1]
+        home = Path(args.results).expanduser().resolve() / name
+        home.mkdir(parents=True, exist_ok=True)
+        exp = Experiment(args.experiment.rstrip("/"), home=home)
+    else:
+        exp = Experiment(Path(args.experiment).expanduser().resolve())
+    print_summary(export(exp, args.metric, args.scope), exp.home)
     return 0
 
 

@@ -19,23 +19,26 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from tune.trials import STEP, Experiment, fast_commits
+from tune.trials import STEP, STUDY_FILE, Experiment, backup_study, fast_commits
 
 
 class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, experiment: str = "",
-                 **kwargs):
+                 mirror: bool = False, **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
         `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py);
-        `experiment`: the search's folder or URI, where the checkpoints of trials stopped early are deleted."""
+        `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
+        `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI."""
         super().__init__(*args, **kwargs)
         self.experiment = experiment
+        self.mirror = mirror
         self.max_epochs = max_epochs
         self.startup = startup
         self.wal = wal
@@ -56,6 +59,11 @@ class TruthfulOptunaSearch(OptunaSearch):
             ot.set_user_attr("guided", bool(self.startup) and finished >= self.startup)
         return config
 
+    def save(self, checkpoint_path: str):
+        super().save(checkpoint_path)
+        if self.mirror:  # Ray writes the snapshot into a folder it then uploads whole
+            backup_study(Path(self._storage.url.removeprefix("sqlite:///")), Path(checkpoint_path).parent / STUDY_FILE)
+
     def restore(self, checkpoint_path: str):
         """After a kill, trials started since Ray's last snapshot are unknown to the restored search and
         will never report again: close them in the study (FAIL) instead of leaving them RUNNING."""
@@ -65,6 +73,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         known = {t.number for t in self._ot_trials.values()}
         for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             if t.number not in known:
+                self._ot_study._storage.set_trial_user_attr(t._trial_id, "lost", "started after Ray's last "
+                                                            "snapshot before the search was killed")
                 self._ot_study.tell(t.number, state=TrialState.FAIL)
 
     def _report(self, trial_id, result) -> bool:
@@ -109,9 +119,10 @@ class ResumableASHA(ASHAScheduler):
     """ASHA whose rungs start from the results already in `experiment`, and which keeps the study's earlier
     stops (plain ASHA would let a trial that comes back go on: its rungs hold its own earlier values)."""
 
-    def __init__(self, *args, experiment: str, **kwargs):
+    def __init__(self, *args, experiment: str, home: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._experiment = experiment
+        self._home = home
         self._stopped = {}
         self._replayed = False
 
@@ -124,7 +135,7 @@ class ResumableASHA(ASHAScheduler):
     def on_trial_add(self, tune_controller, trial):
         if not self._replayed:  # the metric's sign is only known once Tune has set the search properties
             self._replayed = True
-            exp = Experiment(self._experiment)
+            exp = Experiment(self._experiment, home=self._home)
             study = exp.study()
             self._stopped = stopped_from(study) if study else {}
             bracket = self._brackets[0]

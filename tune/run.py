@@ -44,7 +44,8 @@ def parse_args(argv):
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the GPU share of the CPUs)")
     p.add_argument("--retries", type=int, default=0, help="retries of a failed trial from its last checkpoint")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); needs --storage")
-    p.add_argument("--storage", help="results root on storage every node sees (NFS path); with --address")
+    p.add_argument("--storage", help="where the trials go: a folder every node sees (NFS), or a URI such as "
+                                     "s3://bucket/prefix (the study and export stay in --results, mirrored there)")
     args = p.parse_args(argv)
     args.changed = [f"--{a.dest.replace('_', '-')}" for a in p._actions
                     if a.dest not in ("help", "resume") and getattr(args, a.dest) != a.default]
@@ -87,24 +88,40 @@ def settings_for(args):
         raise UsageError("--concurrent must be at least 1")
     if args.address and not args.storage:
         raise UsageError("--address needs --storage: a results folder that every node of the cluster sees")
-    if args.storage and "://" in args.storage:
-        raise UsageError(f"--storage {args.storage}: give a folder every node mounts (NFS); the Optuna study "
-                         "and the export are files there, so object-store URIs are not supported")
+    uri = args.storage if args.storage and "://" in args.storage else None
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"bad experiment name {name!r}")
-    root = Path(args.storage or args.results).expanduser().resolve()
+    root = Path(args.results if uri or not args.storage else args.storage).expanduser().resolve()
     s = Settings(space=space.to_dict(), space_name=space.name, name=name, root=str(root),
                  seed=args.seed, searcher=args.searcher, scheduler=args.scheduler, concurrent=args.concurrent,
                  gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                 retries=args.retries, address=args.address, **opt)
+                 retries=args.retries, address=args.address, storage=uri, **opt)
     if s.experiment.exists():
         raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
                          f"--resume {s.experiment}")
+    if uri:
+        check_uri(s.location)
     unfair = args.scheduler == "asha" and judged_before_switch(space, opt["max_epochs"], opt["grace_period"])
     if unfair:
         print(f"warning: {unfair}", file=sys.stderr, flush=True)
     return s, space
+
+
+def check_uri(location: str) -> None:
+    """One line, before anything starts, when the object store cannot be reached or the search is there."""
+    import pyarrow.fs as pafs
+
+    from tune.trials import filesystem
+    try:
+        fs, path = filesystem(location)
+        bucket, there = fs.get_file_info([path.split("/")[0], path])
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--storage: cannot reach {location} ({str(e).splitlines()[0]})") from None
+    if bucket.type == pafs.FileType.NotFound:
+        raise UsageError(f"--storage: {location.split('://')[0]}://{bucket.path} does not exist; create it first")
+    if there.type != pafs.FileType.NotFound:
+        raise UsageError(f"{location} already exists; pick another --name")
 
 
 def values_of(space, key) -> list:
@@ -148,7 +165,7 @@ def main(argv=None):
     from tune import resources
     from tune.export import ExportError, export, print_summary
     from tune.search import Settings, build_tuner, restore_tuner
-    from tune.trials import Experiment
+    from tune.trials import SETTINGS_FILE, Experiment, filesystem, upload
 
     if args.resume:
         s = Settings.load(Path(args.resume).expanduser().resolve())
@@ -167,7 +184,7 @@ def main(argv=None):
         space = with_data_path(space, res["cpu"])
         s.space = space.to_dict()
     prep = preparation(space)
-    if s.address:
+    if s.address and not s.storage:
         resources.check_shared_storage(s.root)
         resources.prepare_everywhere(**prep)
     else:
@@ -182,13 +199,16 @@ def main(argv=None):
         except FileExistsError:  # another search took the name since the check
             raise UsageError(f"{s.experiment} already exists; pick another --name") from None
         s.save()
+        if s.storage:
+            upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE])
         tuner = build_tuner(s, res)
     print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "
           f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}\n"
-          f"watch it: tensorboard --logdir {s.experiment}", flush=True)
+          f"watch it: tensorboard --logdir {s.location}", flush=True)
     grid = tuner.fit()
+    exp = Experiment(s.location, home=s.experiment)
     if args.resume:
-        Experiment(s.experiment).drop_replayed_rows()
+        exp.drop_replayed_rows()
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)
@@ -196,7 +216,7 @@ def main(argv=None):
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()
     try:
-        summary = export(s.experiment)
+        summary = export(exp)
     except ExportError as e:
         print(f"nothing to export: {e}", file=sys.stderr)
         return 1

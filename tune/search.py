@@ -50,10 +50,17 @@ class Settings:
     cpus_per_trial: float | None = None
     retries: int = 0
     address: str | None = None
+    storage: str | None = None   # a URI (s3://bucket/prefix) for the trials; None: they are in root
 
     @property
     def experiment(self) -> Path:
+        """The driver's folder: search.json, the study, the export (and the trials, without a URI)."""
         return Path(self.root) / self.name
+
+    @property
+    def location(self) -> str:
+        """Where Ray keeps the trials and its state (tune/trials.py)."""
+        return f"{self.storage.rstrip('/')}/{self.name}" if self.storage else str(self.experiment)
 
     def parsed_space(self) -> Space:
         return parse(self.space, self.space_name)
@@ -103,17 +110,19 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
                                              n_startup_trials=startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    local = not s.address  # on a cluster the study is on shared storage (NFS), where WAL does not work
+    # on a cluster without a URI the study is on shared storage (NFS), where WAL does not work
+    local = not s.address or bool(s.storage)
     storage = study_storage(s.experiment / STUDY_FILE, wal=local)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
-                                startup=startup, wal=local, experiment=str(s.experiment))
+                                startup=startup, wal=local, experiment=s.location,
+                                mirror=bool(s.storage))
 
 
 def scheduler(s: Settings):
     if s.scheduler == "none":
         return FIFOScheduler()
     return ResumableASHA(time_attr=STEP, max_t=s.max_epochs, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor, experiment=str(s.experiment))
+                         reduction_factor=s.reduction_factor, experiment=s.location, home=str(s.experiment))
 
 
 def progress_table(s: Settings) -> CLIReporter:
@@ -143,7 +152,7 @@ def build_tuner(s: Settings, res: dict) -> tune.Tuner:
                                     # the trainer frees its memory when a trial ends or is stopped
                                     reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=s.name, storage_path=s.root, progress_reporter=progress_table(s), verbose=1,
+            name=s.name, storage_path=s.storage or s.root, progress_reporter=progress_table(s), verbose=1,
             # the newest checkpoint is all a resume needs; while Ray copies the next one the last stays,
             # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -155,4 +164,4 @@ def restore_tuner(s: Settings, res: dict) -> tune.Tuner:
     """The interrupted search: finished and errored trials kept as they are, unfinished ones resumed from
     their last checkpoint, the searcher and its Optuna study continued; the scheduler, unpickled as it was
     built, rebuilds ASHA's rungs from the folder (tune/pruning.py)."""
-    return tune.Tuner.restore(str(s.experiment), trainable(res))
+    return tune.Tuner.restore(s.location, trainable(res))

@@ -11,11 +11,16 @@
                            it); a completed trial keeps its last weights, a stopped one none
       best_config.json, leaderboard.csv, report.md, report/   what tune/export.py writes
 
-Export, report, resume and the benchmarks read through `Experiment`. Its trial reads go through pyarrow's
-filesystems, so they take a URI (s3://...) as well as a folder; the study, the export and the rewrite of
-replayed rows are local files for now (run.py refuses object-store storage). Ray's ExperimentAnalysis is not used because it knows only the trials
-of Ray's last snapshot (a killed driver's newest trials are missing) and drops a trial's whole history when
-one line of its result.json was cut short by a kill.
+A search with `--storage s3://bucket/prefix` (any URI pyarrow takes) has two places: the trials and Ray's
+state at <URI>/<name>, and the driver's home, results/<name>, with search.json, the live study (SQLite
+wants a local disk) and the export. The home's files are mirrored to the URI: search.json at the start,
+the study at each of Ray's snapshots (in step with Ray's state), the export at the end; so any machine
+can export from the URI alone.
+
+Export, report, resume and the benchmarks read through `Experiment`; everything goes through pyarrow's
+filesystems. Ray's ExperimentAnalysis is not used because it knows only the trials of Ray's last snapshot
+(a killed driver's newest trials are missing) and drops a trial's whole history when one line of its
+result.json was cut short by a kill.
 """
 from __future__ import annotations
 
@@ -35,6 +40,9 @@ STUDY_FILE = "optuna.db"
 RESULT_FILE, PROGRESS_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "progress.csv", "params.json", "error.txt"
 CHECKPOINT_PREFIX = "checkpoint_"
 STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
+
+
+EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report")
 
 
 def study_storage(db: Path, wal: bool = False):
@@ -61,6 +69,30 @@ def fast_commits(storage):
         event.listen(storage.engine, "connect", _wal)
         storage.engine.dispose()  # connections opened before the listener have the default journal
     return storage
+
+
+def backup_study(db: Path, dest: Path) -> None:
+    """A consistent copy of a live study file (with what its WAL holds), through SQLite's backup API."""
+    import sqlite3
+    src, out = sqlite3.connect(db), sqlite3.connect(dest)
+    try:
+        src.backup(out)
+    finally:
+        out.close()
+        src.close()
+
+
+def upload(local: Path, fs: pafs.FileSystem, path: str, names) -> None:
+    """Copy the named files and folders of a local folder to the same names under `path` on `fs`."""
+    for name in names:
+        f = Path(local) / name
+        if f.is_dir():
+            fs.create_dir(f"{path}/{name}")
+            pafs.copy_files(str(f), f"{path}/{name}", source_filesystem=pafs.LocalFileSystem(),
+                            destination_filesystem=fs)
+        elif f.is_file():
+            with fs.open_output_stream(f"{path}/{name}") as out:
+                out.write(f.read_bytes())
 
 
 def trial_dirname(trial) -> str:
@@ -167,12 +199,20 @@ class Trial:
 
 
 class Experiment:
-    """A search's folder (or URI), read without Ray running: finished, interrupted or resumed."""
+    """A search's folder (or URI), read without Ray running: finished, interrupted or resumed. `home` is the
+    driver's folder of a search whose trials are elsewhere (its live study); without it, a URI's study is
+    the copy Ray's last snapshot mirrored there."""
 
-    def __init__(self, location):
+    def __init__(self, location, home: Path | None = None):
         self.location = str(location)
         self.fs, self.path = filesystem(location)
         self.name = Path(self.path).name
+        self.home = Path(home) if home else Path(self.path) if self.local else None  # None: only read
+        self._copies = None
+
+    @property
+    def local(self) -> bool:
+        return isinstance(self.fs, pafs.LocalFileSystem)
 
     def exists(self) -> bool:
         return self.fs.get_file_info(self.path).type == pafs.FileType.Directory
@@ -181,13 +221,29 @@ class Experiment:
         text = read_text(self.fs, f"{self.path}/{SETTINGS_FILE}")
         return json.loads(text) if text else None
 
+    def study_file(self) -> Path | None:
+        if self.home and (self.home / STUDY_FILE).is_file():
+            return self.home / STUDY_FILE
+        if self.local:
+            return None
+        import tempfile
+        self._copies = self._copies or tempfile.TemporaryDirectory(prefix="study-")  # removed with self
+        local = Path(self._copies.name, STUDY_FILE)
+        try:
+            with self.fs.open_input_stream(f"{self.path}/{STUDY_FILE}") as f:
+                local.write_bytes(f.readall())
+        except OSError:
+            return None
+        return local
+
     def study(self):
-        """The search's Optuna study, or None (no study yet; a study is a local SQLite file)."""
-        if not isinstance(self.fs, pafs.LocalFileSystem) or not Path(self.path, STUDY_FILE).is_file():
+        """The search's Optuna study, or None (no study yet)."""
+        db = self.study_file()
+        if db is None or not db.is_file():
             return None
         import optuna
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        storage = study_storage(Path(self.path, STUDY_FILE))
+        storage = study_storage(db)
         names = optuna.get_all_study_names(storage)
         if not names:
             return None
@@ -251,13 +307,14 @@ class Experiment:
     def drop_replayed_rows(self) -> None:
         """After a resume, an epoch that Ray logged after its last snapshot was reported again by the replay
         (Ray must see it to restore the trial's state): keep each epoch's first row in result.json and
-        progress.csv, so that Ray's own logs show every epoch once (a local folder: Ray writes them there)."""
+        progress.csv, so that Ray's own logs show every epoch once."""
         for trial_id in self.trial_ids():
             for name in (RESULT_FILE, PROGRESS_FILE):
-                f = Path(self.path, trial_id, name)
-                if not f.is_file():
+                f = f"{self.path}/{trial_id}/{name}"
+                text = read_text(self.fs, f)
+                if text is None:
                     continue
-                lines = f.read_text().splitlines(keepends=True)
+                lines = text.splitlines(keepends=True)
                 if name == RESULT_FILE:
                     epochs = [(epoch_rows(line) or [{}])[0].get(STEP) for line in lines]
                 else:
@@ -267,5 +324,8 @@ class Experiment:
                     if epoch is None or epoch not in seen:
                         kept.append(line)
                     seen.add(epoch)
-                if len(kept) < len(lines):
-                    write_text(f, "".join(kept))
+                if len(kept) < len(lines) and self.local:
+                    write_text(Path(f), "".join(kept))
+                elif len(kept) < len(lines):  # an object store replaces an object whole
+                    with self.fs.open_output_stream(f) as out:
+                        out.write("".join(kept).encode())

@@ -1,0 +1,137 @@
+"""Searches whose trials live in an object store: a real S3 server (moto's) that the tests start, real Ray."""
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from test_search import FAST, RUN, study
+
+BUCKET = "searches"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3():
+    """moto's S3 server on a free port; the environment every process of a search gets (Ray's workers
+    inherit the driver's). The keys are moto's placeholders, not credentials."""
+    port = free_port()
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    import boto3
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    for _ in range(100):
+        try:
+            client.create_bucket(Bucket=BUCKET)
+            break
+        except Exception:  # the server is still starting
+            time.sleep(0.1)
+    yield env, client
+    server.terminate()
+    server.wait()
+
+
+def keys(client, prefix: str) -> list[str]:
+    pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return [o["Key"] for page in pages for o in page.get("Contents", [])]
+
+
+def read(client, key: str) -> str:
+    return client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
+
+
+def search(args, cwd, env, timeout=600):
+    return subprocess.run(RUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def check_agreement(client, name: str, home: Path, epochs: int):
+    """S3's trial folders, the driver's study and its export tell the same story."""
+    objects = keys(client, f"{name}/")
+    trials = sorted({k.split("/")[1] for k in objects if k.endswith("/params.json")})
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study(home).trials}
+    board = {row["trial_id"]: row for row in csv.DictReader(open(home / "leaderboard.csv"))}
+    assert set(trials) == set(board) and set(trials) <= set(states)
+    # a trial started after Ray's last snapshot never reached S3: the study closed it, saying why
+    for t in study(home).trials:
+        if t.user_attrs["ray_trial_id"] not in trials:
+            assert t.state.name == "FAIL" and "snapshot" in t.user_attrs["lost"]
+    for t in trials:
+        rows = [json.loads(line) for line in read(client, f"{name}/{t}/result.json").splitlines() if line.strip()]
+        assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)), t
+        assert int(board[t]["epochs"]) == len(rows)
+        kept = {k.split("/")[2] for k in objects if k.startswith(f"{name}/{t}/checkpoint_")}
+        if states[t] == "PRUNED":
+            assert kept == set() and len(rows) < epochs, t
+        else:
+            assert states[t] == "COMPLETE" and len(rows) == epochs and len(kept) == 1, t
+    return trials, objects
+
+
+def test_a_search_on_s3_keeps_trials_there_and_the_study_and_export_mirrored(s3, tmp_path):
+    env, client = s3
+    r = search(["--space", "smoke", "--samples", "4", "--max-epochs", "3", "--grace-period", "1",
+                "--name", "ons3", "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    home = tmp_path / "ons3"
+    trials, objects = check_agreement(client, "ons3", home, 3)
+    assert len(trials) == 4
+    assert not any((home / t).exists() for t in trials)   # the driver's folder holds no trial
+    for f in ("search.json", "optuna.db", "best_config.json", "leaderboard.csv", "report.md"):
+        assert f"ons3/{f}" in objects, f
+    # any machine exports from the URI alone: the study is the copy of Ray's last snapshot
+    elsewhere = tmp_path / "elsewhere"
+    r = subprocess.run([sys.executable, str(RUN[1].replace("run.py", "export.py")), f"s3://{BUCKET}/ons3",
+                        "--results", str(elsewhere)], env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    mirrored = json.loads((elsewhere / "ons3" / "best_config.json").read_text())
+    assert mirrored["provenance"]["trial"] == json.loads((home / "best_config.json").read_text())["provenance"]["trial"]
+    assert mirrored["provenance"]["trials"] == json.loads((home / "best_config.json").read_text())["provenance"]["trials"]
+
+
+def test_a_search_on_s3_killed_mid_way_resumes_and_agrees(s3, tmp_path):
+    env, client = s3
+    args = ["--space", "smoke", "--samples", "6", "--max-epochs", "3", "--grace-period", "1", "--name", "killed3",
+            "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
+    home = tmp_path / "killed3"
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    try:
+        deadline, done = time.time() + 300, 0
+        while time.time() < deadline and p.poll() is None and done < 2:
+            time.sleep(0.5)
+            try:
+                done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study(home).trials)
+            except Exception:  # no study yet
+                continue
+        assert done >= 2 and p.poll() is None, "the search should be mid-way when killed"
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    r = search(["--resume", str(home)], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials, _ = check_agreement(client, "killed3", home, 3)
+    assert len(trials) == 6
+    assert "RUNNING" not in {t.state.name for t in study(home).trials}
+
+
+def test_a_bucket_that_is_not_there_is_one_line_before_anything_starts(s3, tmp_path):
+    env, _ = s3
+    r = search(["--space", "smoke", "--storage", "s3://no-such-bucket/x", "--results", str(tmp_path)], tmp_path, env,
+               timeout=120)
+    assert r.returncode == 2 and "s3://no-such-bucket does not exist; create it first" in r.stderr, r.stderr[-2000:]
+    assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
