@@ -388,16 +388,15 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
     assert r.returncode == 2 and "no trials" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_search_on_a_running_ray_cluster(tmp_path):
-    """--address joins a cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU,
-    two workers of 8 CPUs and 1 GPU each (logical). A trial asks what a GPU node holds (8 CPUs, 1 GPU), not
-    a share of the cluster's 24 CPUs, so both trials run, one on each GPU node; the code ships to the
-    workers, and the storage is checked."""
+@contextlib.contextmanager
+def ray_cluster(env: dict):
+    """A cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU, two workers of
+    8 CPUs and 1 GPU each (logical). Yields its address and the head's node ids."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # the test cluster's own setting; real ones use tokens
+    env = {**env, "RAY_AUTH_MODE": "disabled"}  # the test cluster's own setting; real ones use tokens
     ray = str(Path(sys.executable).parent / "ray")
     temp = tempfile.mkdtemp(prefix="rt")   # short: Ray's socket paths must fit in 107 characters
     small = ["--include-dashboard=false", "--object-store-memory=100000000", "--block"]
@@ -427,10 +426,7 @@ def test_search_on_a_running_ray_cluster(tmp_path):
                                            "--num-gpus=1", *small[1:]], env=env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, start_new_session=True))
             alive(n)
-        r = subprocess.run(RUN + ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1",
-                                  "--searcher", "random", "--name", "cl", "--address", f"127.0.0.1:{port}",
-                                  "--storage", str(tmp_path / "shared"), *FAST],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        yield f"127.0.0.1:{port}", set(eval(head_id)), env
     finally:
         for node in reversed(nodes):
             with contextlib.suppress(ProcessLookupError):
@@ -442,13 +438,28 @@ def test_search_on_a_running_ray_cluster(tmp_path):
                 os.killpg(node.pid, signal.SIGKILL)   # whatever of the group outlived SIGTERM
             node.wait()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_search_on_a_running_ray_cluster(tmp_path):
+    """--address joins a cluster started with `ray start` (ray_cluster). A trial asks what a GPU node holds
+    (8 CPUs, 1 GPU), not a share of the cluster's 24 CPUs, so both trials run, one on each GPU node; the code
+    ships to the workers, and the storage is checked."""
+    with ray_cluster(os.environ) as (address, head_ids, env):
+        r = subprocess.run(RUN + ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1",
+                                  "--searcher", "random", "--name", "cl", "--address", address,
+                                  "--storage", str(tmp_path / "shared"), *FAST],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "8 CPU / 1 GPU per trial" in r.stdout
-    exp = tmp_path / "shared" / "cl"
-    assert len(trial_dirs(exp)) == 2 and (exp / "best_config.json").is_file()
+    exp, home = tmp_path / "shared" / "cl", tmp_path / "results" / "cl"
+    assert len(trial_dirs(exp)) == 2 and not trial_dirs(home)
+    # the study lives on the driver's disk (SQLite's locks fail on NFS), mirrored to the storage with the export
+    for f in ("optuna.db", "best_config.json", "search.json"):
+        assert (home / f).is_file() and (exp / f).is_file(), f
+    assert len(study(exp).trials) == len(study(home).trials) == 2
     placed = placements(exp)
     nodes_used = {node for _, _, node, _, _ in placed.values()}
-    assert len(nodes_used) == 2 and not nodes_used & set(eval(head_id))   # one trial on each GPU worker
+    assert len(nodes_used) == 2 and not nodes_used & head_ids   # one trial on each GPU worker
     assert {g for _, g, *_ in placed.values()} == {"0"}
     assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up
 

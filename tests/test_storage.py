@@ -54,6 +54,14 @@ def read(client, key: str) -> str:
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
 
 
+def log(tmp_path: Path):
+    return open(tmp_path / "driver.log", "w")
+
+
+def tail(tmp_path: Path) -> str:
+    return (tmp_path / "driver.log").read_text()[-3000:]
+
+
 def search(args, cwd, env, timeout=600):
     return subprocess.run(RUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
@@ -61,7 +69,8 @@ def search(args, cwd, env, timeout=600):
 def check_agreement(client, name: str, home: Path, epochs: int):
     """S3's trial folders, the driver's study and its export tell the same story."""
     objects = keys(client, f"{name}/")
-    trials = sorted({k.split("/")[1] for k in objects if k.endswith("/params.json")})
+    depth = name.count("/") + 1
+    trials = sorted({k.split("/")[depth] for k in objects if k.endswith("/params.json")})
     states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study(home).trials}
     board = {row["trial_id"]: row for row in csv.DictReader(open(home / "leaderboard.csv"))}
     assert set(trials) == set(board) and set(trials) <= set(states)
@@ -73,7 +82,7 @@ def check_agreement(client, name: str, home: Path, epochs: int):
         rows = [json.loads(line) for line in read(client, f"{name}/{t}/result.json").splitlines() if line.strip()]
         assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)), t
         assert int(board[t]["epochs"]) == len(rows)
-        kept = {k.split("/")[2] for k in objects if k.startswith(f"{name}/{t}/checkpoint_")}
+        kept = {k.split("/")[depth + 1] for k in objects if k.startswith(f"{name}/{t}/checkpoint_")}
         if states[t] == "PRUNED":
             assert kept == set() and len(rows) < epochs, t
         else:
@@ -107,7 +116,7 @@ def test_a_search_on_s3_killed_mid_way_resumes_and_agrees(s3, tmp_path):
     args = ["--space", "smoke", "--samples", "6", "--max-epochs", "3", "--grace-period", "1", "--name", "killed3",
             "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
     home = tmp_path / "killed3"
-    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=log(tmp_path), stderr=subprocess.STDOUT,
                          start_new_session=True)
     try:
         deadline, done = time.time() + 300, 0
@@ -117,7 +126,7 @@ def test_a_search_on_s3_killed_mid_way_resumes_and_agrees(s3, tmp_path):
                 done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study(home).trials)
             except Exception:  # no study yet
                 continue
-        assert done >= 2 and p.poll() is None, "the search should be mid-way when killed"
+        assert done >= 2 and p.poll() is None, "the search should be mid-way when killed\n" + tail(tmp_path)
     finally:
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
@@ -135,3 +144,62 @@ def test_a_bucket_that_is_not_there_is_one_line_before_anything_starts(s3, tmp_p
                timeout=120)
     assert r.returncode == 2 and "s3://no-such-bucket does not exist; create it first" in r.stderr, r.stderr[-2000:]
     assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+
+
+def test_a_cluster_search_on_s3_killed_mid_way_resumes_on_the_cluster(s3, tmp_path):
+    """ray_cluster's head and two GPU workers, S3 for storage: the workers write the trials there, the
+    driver is killed and resumed, and S3, the study and the export agree."""
+    from test_search import ray_cluster
+    env, client = s3
+    with ray_cluster(env) as (address, head_ids, env):
+        args = ["--space", "smoke", "--samples", "5", "--max-epochs", "3", "--grace-period", "1", "--name", "cl3",
+                "--address", address, "--storage", f"s3://{BUCKET}/cluster", "--results", str(tmp_path), *FAST]
+        home = tmp_path / "cl3"
+        p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=log(tmp_path),
+                             stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline, done = time.time() + 400, 0
+            while time.time() < deadline and p.poll() is None and done < 2:
+                time.sleep(0.5)
+                try:
+                    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study(home).trials)
+                except Exception:  # no study yet
+                    continue
+            assert done >= 2 and p.poll() is None, "the search should be mid-way when killed\n" + tail(tmp_path)
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)   # the driver only: the cluster runs on
+            p.wait()
+        r = search(["--resume", str(home)], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials, objects = check_agreement(client, "cluster/cl3", home, 3)
+    assert len(trials) == 5
+    nodes = {json.loads(read(client, f"cluster/cl3/{t}/result.json").splitlines()[0])["node_id"] for t in trials}
+    assert nodes and not nodes & head_ids   # trained on the GPU workers
+
+
+def test_a_search_killed_while_a_checkpoint_uploads_resumes_and_agrees(s3, tmp_path):
+    """xresnet50's checkpoint (270 MiB with its optimizer) goes up in parts; the whole search is killed while
+    one is in flight, so S3 holds part of a checkpoint. The resume passes over it, and all agree."""
+    env, client = s3
+    args = ["--space", "smoke", "--samples", "2", "--max-epochs", "3", "--grace-period", "1", "--concurrent", "1",
+            "--set", "arch=xresnet50", "--set", "size=32", "--set", "resize_start=32", "--name", "up",
+            "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=log(tmp_path), stderr=subprocess.STDOUT,
+                         start_new_session=True)
+    caught = False
+    try:
+        deadline = time.time() + 400
+        while time.time() < deadline and p.poll() is None and not caught:
+            uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
+            caught = any("/checkpoint_" in u["Key"] and u["Key"].endswith("model.pth") for u in uploads)
+            time.sleep(0.05)
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert caught, "a checkpoint should have been uploading when the search was killed\n" + tail(tmp_path)
+    r = search(["--resume", str(tmp_path / "up")], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    trials, _ = check_agreement(client, "up", tmp_path / "up", 3)
+    assert len(trials) == 2

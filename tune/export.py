@@ -73,7 +73,7 @@ def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> di
     }
     write_json(experiment / "best_config.json", {"config": best.config, "provenance": provenance})
     write_report(experiment, trials, best, provenance, study)
-    if not exp.local:
+    if experiment != Path(exp.path):  # the trials are elsewhere (--storage): mirror it there
         upload(experiment, exp.fs, exp.path, EXPORT_FILES)
     return {"best": best, "provenance": provenance, "trials": trials}
 

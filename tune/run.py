@@ -87,21 +87,26 @@ def settings_for(args):
     if args.concurrent is not None and args.concurrent < 1:
         raise UsageError("--concurrent must be at least 1")
     if args.address and not args.storage:
-        raise UsageError("--address needs --storage: a results folder that every node of the cluster sees")
-    uri = args.storage if args.storage and "://" in args.storage else None
+        raise UsageError("--address needs --storage: a folder that every node of the cluster sees, or a URI "
+                         "such as s3://bucket/prefix")
+    storage = args.storage
+    if storage and "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
     name = args.name or f"{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if not name or "/" in name or name.startswith("."):
         raise UsageError(f"bad experiment name {name!r}")
-    root = Path(args.results if uri or not args.storage else args.storage).expanduser().resolve()
+    root = Path(args.results).expanduser().resolve()
     s = Settings(space=space.to_dict(), space_name=space.name, name=name, root=str(root),
                  seed=args.seed, searcher=args.searcher, scheduler=args.scheduler, concurrent=args.concurrent,
                  gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                 retries=args.retries, address=args.address, storage=uri, **opt)
+                 retries=args.retries, address=args.address, storage=storage, **opt)
     if s.experiment.exists():
         raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
                          f"--resume {s.experiment}")
-    if uri:
+    if storage and "://" in storage:
         check_uri(s.location)
+    elif storage and Path(s.location).exists():
+        raise UsageError(f"{s.location} already exists; pick another --name")
     unfair = args.scheduler == "asha" and judged_before_switch(space, opt["max_epochs"], opt["grace_period"])
     if unfair:
         print(f"warning: {unfair}", file=sys.stderr, flush=True)
@@ -184,8 +189,8 @@ def main(argv=None):
         space = with_data_path(space, res["cpu"])
         s.space = space.to_dict()
     prep = preparation(space)
-    if s.address and not s.storage:
-        resources.check_shared_storage(s.root)
+    if s.address and "://" not in s.storage:
+        resources.check_shared_storage(s.storage)
         resources.prepare_everywhere(**prep)
     else:
         resources.prepare(**prep)

@@ -50,7 +50,7 @@ class Settings:
     cpus_per_trial: float | None = None
     retries: int = 0
     address: str | None = None
-    storage: str | None = None   # a URI (s3://bucket/prefix) for the trials; None: they are in root
+    storage: str | None = None   # where the trials go: a shared folder or a URI; None: in root too
 
     @property
     def experiment(self) -> Path:
@@ -110,12 +110,10 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
                                              n_startup_trials=startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
-    # on a cluster without a URI the study is on shared storage (NFS), where WAL does not work
-    local = not s.address or bool(s.storage)
-    storage = study_storage(s.experiment / STUDY_FILE, wal=local)
+    # the study stays on the driver's disk (SQLite's locks and WAL do not work on NFS), mirrored to --storage
+    storage = study_storage(s.experiment / STUDY_FILE, wal=True)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
-                                startup=startup, wal=local, experiment=s.location,
-                                mirror=bool(s.storage))
+                                startup=startup, wal=True, experiment=s.location, mirror=bool(s.storage))
 
 
 def scheduler(s: Settings):

@@ -11,11 +11,12 @@
                            it); a completed trial keeps its last weights, a stopped one none
       best_config.json, leaderboard.csv, report.md, report/   what tune/export.py writes
 
-A search with `--storage s3://bucket/prefix` (any URI pyarrow takes) has two places: the trials and Ray's
-state at <URI>/<name>, and the driver's home, results/<name>, with search.json, the live study (SQLite
-wants a local disk) and the export. The home's files are mirrored to the URI: search.json at the start,
-the study at each of Ray's snapshots (in step with Ray's state), the export at the end; so any machine
-can export from the URI alone.
+A search with `--storage` (a folder every node of a cluster mounts, or a URI pyarrow takes, such as
+s3://bucket/prefix) has two places: the trials and Ray's state at <storage>/<name>, and the driver's home,
+results/<name>, with search.json, the live study (SQLite wants a local disk: its locks fail on NFS) and
+the export. The home's files are mirrored to the storage: search.json at the start, the study at each of
+Ray's snapshots (in step with Ray's state), the export at the end; so any machine can export from the
+storage alone.
 
 Export, report, resume and the benchmarks read through `Experiment`; everything goes through pyarrow's
 filesystems. Ray's ExperimentAnalysis is not used because it knows only the trials of Ray's last snapshot
@@ -84,6 +85,7 @@ def backup_study(db: Path, dest: Path) -> None:
 
 def upload(local: Path, fs: pafs.FileSystem, path: str, names) -> None:
     """Copy the named files and folders of a local folder to the same names under `path` on `fs`."""
+    fs.create_dir(path)
     for name in names:
         f = Path(local) / name
         if f.is_dir():
@@ -222,8 +224,9 @@ class Experiment:
         return json.loads(text) if text else None
 
     def study_file(self) -> Path | None:
-        if self.home and (self.home / STUDY_FILE).is_file():
-            return self.home / STUDY_FILE
+        for db in (self.home, Path(self.path) if self.local else None):
+            if db and (db / STUDY_FILE).is_file():
+                return db / STUDY_FILE
         if self.local:
             return None
         import tempfile
