@@ -1,4 +1,5 @@
 """Searches whose trials live in an object store: a real S3 server (moto's) that the tests start, real Ray."""
+import contextlib
 import csv
 import json
 import os
@@ -54,12 +55,26 @@ def read(client, key: str) -> str:
     return client.get_object(Bucket=BUCKET, Key=key)["Body"].read().decode()
 
 
-def log(tmp_path: Path):
-    return open(tmp_path / "driver.log", "w")
+def kill_when(args, tmp_path, env, ready, every=0.2, timeout=400) -> None:
+    """Start a search, SIGKILL its process group (the driver, and the local Ray it started) once `ready()`."""
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=open(tmp_path / "driver.log", "w"),
+                         stderr=subprocess.STDOUT, start_new_session=True)
+    hit = False
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and p.poll() is None and not hit:
+            time.sleep(every)
+            with contextlib.suppress(Exception):  # no study yet, or a read that met a write
+                hit = ready()
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+    assert hit, "the search should be mid-way when killed\n" + (tmp_path / "driver.log").read_text()[-3000:]
 
 
-def tail(tmp_path: Path) -> str:
-    return (tmp_path / "driver.log").read_text()[-3000:]
+def finished(home: Path, n: int):
+    return lambda: sum(t.state.name in ("COMPLETE", "PRUNED") for t in study(home).trials) >= n
 
 
 def search(args, cwd, env, timeout=600):
@@ -116,21 +131,7 @@ def test_a_search_on_s3_killed_mid_way_resumes_and_agrees(s3, tmp_path):
     args = ["--space", "smoke", "--samples", "6", "--max-epochs", "3", "--grace-period", "1", "--name", "killed3",
             "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
     home = tmp_path / "killed3"
-    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=log(tmp_path), stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    try:
-        deadline, done = time.time() + 300, 0
-        while time.time() < deadline and p.poll() is None and done < 2:
-            time.sleep(0.5)
-            try:
-                done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study(home).trials)
-            except Exception:  # no study yet
-                continue
-        assert done >= 2 and p.poll() is None, "the search should be mid-way when killed\n" + tail(tmp_path)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
+    kill_when(args, tmp_path, env, finished(home, 2))
     r = search(["--resume", str(home)], tmp_path, env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials, _ = check_agreement(client, "killed3", home, 3)
@@ -155,21 +156,7 @@ def test_a_cluster_search_on_s3_killed_mid_way_resumes_on_the_cluster(s3, tmp_pa
         args = ["--space", "smoke", "--samples", "5", "--max-epochs", "3", "--grace-period", "1", "--name", "cl3",
                 "--address", address, "--storage", f"s3://{BUCKET}/cluster", "--results", str(tmp_path), *FAST]
         home = tmp_path / "cl3"
-        p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=log(tmp_path),
-                             stderr=subprocess.STDOUT, start_new_session=True)
-        try:
-            deadline, done = time.time() + 400, 0
-            while time.time() < deadline and p.poll() is None and done < 2:
-                time.sleep(0.5)
-                try:
-                    done = sum(t.state.name in ("COMPLETE", "PRUNED") for t in study(home).trials)
-                except Exception:  # no study yet
-                    continue
-            assert done >= 2 and p.poll() is None, "the search should be mid-way when killed\n" + tail(tmp_path)
-        finally:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)   # the driver only: the cluster runs on
-            p.wait()
+        kill_when(args, tmp_path, env, finished(home, 2))   # the driver only: the cluster runs on
         r = search(["--resume", str(home)], tmp_path, env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials, objects = check_agreement(client, "cluster/cl3", home, 3)
@@ -185,20 +172,11 @@ def test_a_search_killed_while_a_checkpoint_uploads_resumes_and_agrees(s3, tmp_p
     args = ["--space", "smoke", "--samples", "2", "--max-epochs", "3", "--grace-period", "1", "--concurrent", "1",
             "--set", "arch=xresnet50", "--set", "size=32", "--set", "resize_start=32", "--name", "up",
             "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
-    p = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=log(tmp_path), stderr=subprocess.STDOUT,
-                         start_new_session=True)
-    caught = False
-    try:
-        deadline = time.time() + 400
-        while time.time() < deadline and p.poll() is None and not caught:
-            uploads = client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", [])
-            caught = any("/checkpoint_" in u["Key"] and u["Key"].endswith("model.pth") for u in uploads)
-            time.sleep(0.05)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-        p.wait()
-    assert caught, "a checkpoint should have been uploading when the search was killed\n" + tail(tmp_path)
+
+    def uploading():
+        return any("/checkpoint_" in u["Key"] and u["Key"].endswith("model.pth")
+                   for u in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
+    kill_when(args, tmp_path, env, uploading, every=0.05)
     r = search(["--resume", str(tmp_path / "up")], tmp_path, env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials, _ = check_agreement(client, "up", tmp_path / "up", 3)
