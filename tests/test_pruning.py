@@ -96,18 +96,36 @@ def test_a_trial_stopped_before_the_interruption_is_stopped_again_at_its_first_r
     assert decide(asha(tmp_path, history, stopped={"b": 2}), "a", 2, 0.9) == TrialScheduler.CONTINUE
 
 
-def test_stopped_trials_are_read_from_the_study():
+def test_stopped_and_failed_trials_are_read_from_the_study():
     import optuna
     from optuna.trial import TrialState
-    from tune.pruning import stopped_from
+    from tune.pruning import closed_in
     study = optuna.create_study(direction="maximize")
-    for rid, values, state in (("p", [0.1, 0.2], TrialState.PRUNED), ("c", [0.3, 0.4, 0.5], TrialState.COMPLETE)):
+    for rid, values, state in (("p", [0.1, 0.2], TrialState.PRUNED), ("c", [0.3, 0.4, 0.5], TrialState.COMPLETE),
+                               ("f", [0.2], TrialState.FAIL), ("r", [0.3], TrialState.RUNNING)):
         t = study.ask()
         t.set_user_attr("ray_trial_id", rid)
         for step, v in enumerate(values, start=1):
             t.report(v, step)
-        study.tell(t, values[-1] if state == TrialState.COMPLETE else None, state=state)
-    assert stopped_from(study) == {"p": 2}
+        if state != TrialState.RUNNING:
+            study.tell(t, values[-1] if state == TrialState.COMPLETE else None, state=state)
+    assert closed_in(study) == {"p", "f"}
+
+
+def test_rungs_hold_what_the_study_saw_after_rays_last_snapshot(tmp_path):
+    """A kill can come after ASHA judged a result and the study recorded it, before Ray's result file was
+    synced: the rung is rebuilt from the study's intermediate value, so a trial that passed is not judged
+    again and later ones are judged against it."""
+    exp = experiment(tmp_path, {"a": [(2, 0.5)]})
+    study = optuna.load_study(study_name=exp.name, storage=f"sqlite:///{exp / 'optuna.db'}")
+    for rid, value in (("b", 0.9), ("c", 0.8)):   # in the study only: their result.json lines were not synced
+        t = study.ask()
+        t.set_user_attr("ray_trial_id", rid)
+        t.report(value, 2)
+    s = ResumableASHA(time_attr="epoch", max_t=8, grace_period=2, reduction_factor=2, experiment=str(exp))
+    s.set_search_properties("accuracy", "max")
+    assert decide(s, "b", 3, 0.1) == TrialScheduler.CONTINUE   # b passed rung 2 before the kill
+    assert decide(s, "new", 2, 0.6) == TrialScheduler.STOP     # below b's and c's 0.9 and 0.8
 
 
 def test_a_restored_search_gets_back_the_scheduler_that_rebuilds_its_rungs(tmp_path):
@@ -146,3 +164,61 @@ def test_a_wide_search_starts_only_the_start_up_trials_at_random_and_guides_the_
     assert all(s.suggest(f"g{i}") is not None for i in range(13))   # the model exists: all 13 at once
     guided = {t.user_attrs["ray_trial_id"]: t.user_attrs["guided"] for t in s._ot_study.trials}
     assert [k for k, v in guided.items() if not v] == ["t0", "t1", "t2"] and sum(guided.values()) == 13
+
+
+def test_a_study_that_fails_to_record_a_trials_end_records_it_at_the_next_chance(tmp_path):
+    """A storage error when a trial ends must neither end the search nor leave the trial RUNNING in the
+    study: it is told again at the next result, and a snapshot taken meanwhile keeps it to tell."""
+    import pickle
+
+    from ray import tune
+    from sqlalchemy.exc import OperationalError
+
+    from tune.pruning import TruthfulOptunaSearch
+    s = TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
+                             sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=4,
+                             storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+    for t in ("a", "b"):
+        s.suggest(t)
+    tell, failures = s._ot_study.tell, iter([OperationalError("tell", {}, Exception("disk I/O error"))])
+
+    def flaky(*args, **kwargs):
+        e = next(failures, None)
+        if e:
+            raise e
+        return tell(*args, **kwargs)
+    s._ot_study.tell = flaky
+    s.on_trial_result("a", {"accuracy": 0.3, "epoch": 1})
+    s.on_trial_complete("a", {"accuracy": 0.4, "epoch": 2})       # ASHA stopped it; the tell fails
+    assert [t.state.name for t in s._ot_study.trials] == ["RUNNING", "RUNNING"]
+    state = pickle.loads(pickle.dumps(s._untold))                  # what Ray's snapshot keeps of it
+    assert list(state) == ["a"]
+    s.on_trial_result("b", {"accuracy": 0.5, "epoch": 1})         # the next chance
+    assert [t.state.name for t in s._ot_study.trials] == ["PRUNED", "RUNNING"] and not s._untold
+    assert s._ot_study.trials[0].intermediate_values == {1: 0.3, 2: 0.4}
+
+
+def test_a_trial_only_the_searchers_snapshot_knows_holds_no_start_up_slot_and_is_closed(tmp_path):
+    """Ray uploads the searcher's state and its own apart, so after a kill the searcher may know a trial
+    that Ray will never run again: the start-up hold must not wait for it, and it is closed as lost."""
+    from ray import tune
+
+    from tune.pruning import TruthfulOptunaSearch, close_lost
+    s = TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
+                             sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=0), max_epochs=2,
+                             startup=3, storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+    assert all(s.suggest(t) for t in ("a", "b", "c")) and s.suggest("d") is None
+    for t in ("a", "b"):
+        s.on_trial_complete(t, {"accuracy": 0.5, "epoch": 2})
+    snapshot = tmp_path / "searcher.pkl"
+    s.save(str(snapshot))                                          # "c" is running when the driver dies
+    restored = TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
+                                    sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=0), max_epochs=2,
+                                    startup=3, storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+    restored.restore(str(snapshot))
+    # the study has 2 finished and "c" RUNNING: counting its RUNNING trials, the hold would wait for ever
+    assert [t.state.name for t in restored._ot_study.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
+    assert restored.suggest("e") is not None                        # Ray never brought "c" back
+    lost = close_lost(restored._ot_study, lambda t: t.user_attrs["ray_trial_id"] != "c")
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in restored._ot_study.trials}
+    assert lost == ["c"] and states["c"] == "FAIL" and states["e"] == "RUNNING"

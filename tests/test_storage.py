@@ -78,7 +78,12 @@ def finished(home: Path, n: int):
 
 
 def search(args, cwd, env, timeout=600):
-    return subprocess.run(RUN + args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    """Run a search to its end; its output is also kept in cwd/search.log for a search that hangs."""
+    with open(Path(cwd) / "search.log", "w") as log:
+        p = subprocess.run(RUN + args, cwd=cwd, env=env, stdout=log, stderr=subprocess.PIPE, text=True,
+                           timeout=timeout)
+    p.stdout = (Path(cwd) / "search.log").read_text()
+    return p
 
 
 def check_agreement(client, name: str, home: Path, epochs: int):
@@ -92,7 +97,7 @@ def check_agreement(client, name: str, home: Path, epochs: int):
     # a trial started after Ray's last snapshot never reached S3: the study closed it, saying why
     for t in study(home).trials:
         if t.user_attrs["ray_trial_id"] not in trials:
-            assert t.state.name == "FAIL" and "snapshot" in t.user_attrs["lost"]
+            assert t.state.name == "FAIL" and "killed" in t.user_attrs["lost"]
     for t in trials:
         rows = [json.loads(line) for line in read(client, f"{name}/{t}/result.json").splitlines() if line.strip()]
         assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)), t

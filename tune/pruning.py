@@ -12,12 +12,14 @@
 - Ray saves no scheduler state (Tuner.restore unpickles the scheduler as it was before the search began),
   so after a resume ASHA's rungs would be empty and a trial that an uninterrupted search would stop could
   run to the end. ResumableASHA reads the experiment folder when its first trial is added: it replays
-  every trial's per-epoch results into its rungs, and stops again, at its first result, any trial the
-  study says was stopped before the interruption, should it come back from an older snapshot (its
-  checkpoints were deleted when it stopped). On a new search the folder is empty.
+  every trial's per-epoch results into its rungs (from the study too, which is ahead of Ray's files by
+  up to a snapshot), and stops again, at its first result, any trial the study had closed (stopped early,
+  its checkpoints deleted, or failed), should it come back from an older snapshot. On a new search the
+  folder is empty.
 """
 from __future__ import annotations
 
+import sys
 import warnings
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search.optuna import OptunaSearch
+from sqlalchemy.exc import SQLAlchemyError
 
 from tune.trials import STEP, STUDY_FILE, Experiment, backup_study, fast_commits
 
@@ -42,6 +45,11 @@ class TruthfulOptunaSearch(OptunaSearch):
         self.max_epochs = max_epochs
         self.startup = startup
         self.wal = wal
+        self._untold = {}  # {trial_id: (result, error)} of trials that ended and the study has yet to record
+        # the trials Ray runs: started here, or reporting since a resume. Not the study's RUNNING ones: the
+        # searcher's snapshot can be newer than Ray's (they are uploaded apart), and a trial only it knows
+        # would never end and hold a start-up slot for ever
+        self._live = set()
 
     def _finished(self) -> int:
         return len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -49,17 +57,18 @@ class TruthfulOptunaSearch(OptunaSearch):
     def suggest(self, trial_id):
         finished = self._finished() if self.startup else 0
         if self.startup and trial_id not in self._ot_trials and finished < self.startup:
-            running = len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-            if finished + running >= self.startup:
+            if finished + len(self._live) >= self.startup:
                 return None  # a slot waits: Tune asks again at its next step
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # lets the study and Ray's trial folders be joined later
             ot = self._ot_trials[trial_id]
             ot.set_user_attr("ray_trial_id", trial_id)
             ot.set_user_attr("guided", bool(self.startup) and finished >= self.startup)
+            self._live.add(trial_id)
         return config
 
     def save(self, checkpoint_path: str):
+        self._tell_untold()
         super().save(checkpoint_path)
         if self.mirror:  # Ray writes the snapshot into a folder it then uploads whole
             backup_study(Path(self._storage.url.removeprefix("sqlite:///")), Path(checkpoint_path).parent / STUDY_FILE)
@@ -70,12 +79,10 @@ class TruthfulOptunaSearch(OptunaSearch):
         super().restore(checkpoint_path)
         if self.wal:
             fast_commits(self._storage)  # the unpickled storage has a new engine without it
+        self._live = set()
         known = {t.number for t in self._ot_trials.values()}
-        for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            if t.number not in known:
-                self._ot_study._storage.set_trial_user_attr(t._trial_id, "lost", "started after Ray's last "
-                                                            "snapshot before the search was killed")
-                self._ot_study.tell(t.number, state=TrialState.FAIL)
+        close_lost(self._ot_study, lambda t: t.number in known)
+        self._tell_untold()
 
     def _report(self, trial_id, result) -> bool:
         """Record an epoch in the study; False if the study had already closed the trial (a trial the
@@ -90,22 +97,62 @@ class TruthfulOptunaSearch(OptunaSearch):
             return False
 
     def on_trial_result(self, trial_id, result):
+        self._tell_untold()
         if trial_id in self._ot_trials and trial_id not in self._completed_trials and self.metric in result:
+            self._live.add(trial_id)
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         if trial_id in self._completed_trials:  # the study closed it already (epochs replayed after a resume)
             return
-        stopped_early = (not error and result and trial_id in self._ot_trials
-                         and result.get(STEP, self.max_epochs) < self.max_epochs)
-        if not stopped_early:
-            return super().on_trial_complete(trial_id, result=result, error=error)
-        # the result that made ASHA stop the trial never reaches on_trial_result
-        if result.get(self.metric) is None or self._report(trial_id, result):
-            self._ot_study.tell(self._ot_trials[trial_id], state=TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-        if self.experiment:  # after the study knows: a resumed search stops it again instead of resuming it
-            Experiment(self.experiment).delete_checkpoints(trial_id)
+        self._untold[trial_id] = (result, error)
+        self._live.discard(trial_id)
+        self._tell_untold()
+
+    def _tell_untold(self) -> None:
+        """Close in the study each trial that ended. Where the study's storage fails (a full or unreachable
+        disk), the trial stays listed and is told at the next result, end, Ray snapshot or resume, instead
+        of the error ending the search or (as OptunaSearch does) leaving it RUNNING in the study for ever."""
+        for trial_id, (result, error) in list(self._untold.items()):
+            try:
+                state = self._close(trial_id, result, error)
+            except SQLAlchemyError as e:
+                print(f"warning: the study could not record the end of trial {trial_id} yet "
+                      f"({type(e).__name__}); retrying", file=sys.stderr, flush=True)
+                continue
+            del self._untold[trial_id]
+            if state == TrialState.PRUNED and self.experiment:  # after the study knows: a resumed search
+                Experiment(self.experiment).delete_checkpoints(trial_id)  # stops it again, not resumes it
+
+    def _close(self, trial_id, result, error) -> TrialState | None:
+        """Tell the study how a trial ended; returns the state told (None: the study had closed it)."""
+        if trial_id not in self._ot_trials:
+            return None
+        ot, value = self._ot_trials[trial_id], (result or {}).get(self.metric)
+        if not error and result and result.get(STEP, self.max_epochs) < self.max_epochs:
+            # stopped early: the result that made ASHA stop it never reached on_trial_result
+            state = TrialState.PRUNED if value is None or self._report(trial_id, result) else None
+            if state:
+                self._ot_study.tell(ot, state=state)
+        else:
+            state = TrialState.FAIL if error or value is None else TrialState.COMPLETE
+            self._ot_study.tell(ot, value if state == TrialState.COMPLETE else None, state=state)
+        self._completed_trials.add(trial_id)
+        return state
+
+
+def close_lost(study, known) -> list[str]:
+    """Close (FAIL, saying why) the study's RUNNING trials for which known(trial) is false: trials started
+    after the last snapshot of the search's state before it was killed, which will never report again.
+    Returns their Ray trial ids."""
+    lost = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not known(t):
+            study._storage.set_trial_user_attr(t._trial_id, "lost", "started after the last snapshot of the "
+                                               "search's state before it was killed")
+            study.tell(t.number, state=TrialState.FAIL)
+            lost.append(t.user_attrs.get("ray_trial_id", f"#{t.number}"))
+    return lost
 
 
 class _Seen:
@@ -127,7 +174,7 @@ class ResumableASHA(ASHAScheduler):
         self._replayed = False
 
     def on_trial_result(self, tune_controller, trial, result):
-        if trial.trial_id in self._stopped:  # its checkpoints went when it stopped: it would train again
+        if trial.trial_id in self._stopped:  # the study closed it: stopped (no checkpoints) or failed
             self._num_stopped += 1
             return self.STOP
         return super().on_trial_result(tune_controller, trial, result)
@@ -137,16 +184,27 @@ class ResumableASHA(ASHAScheduler):
             self._replayed = True
             exp = Experiment(self._experiment, home=self._home)
             study = exp.study()
-            self._stopped = stopped_from(study) if study else {}
+            self._stopped = closed_in(study) if study else set()
             bracket = self._brackets[0]
-            for trial_id, results in exp.metric_history(self._metric).items():
-                for step, value in results:
+            for trial_id, results in rung_values(exp, study, self._metric).items():
+                for step, value in sorted(results.items()):
                     bracket.on_result(_Seen(trial_id), step, self._metric_op * value)
         super().on_trial_add(tune_controller, trial)
 
 
-def stopped_from(study) -> dict:
-    """The trials a search had stopped early (PRUNED in its study) and the epoch it stopped each at."""
-    return {t.user_attrs["ray_trial_id"]: max(t.intermediate_values)
-            for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,))
-            if "ray_trial_id" in t.user_attrs and t.intermediate_values}
+def closed_in(study) -> set:
+    """The trials a search's study had closed before it was interrupted: stopped early (PRUNED) or failed.
+    Ray may bring either back from a snapshot taken before the study closed it."""
+    return {t.user_attrs["ray_trial_id"] for t in study.get_trials(deepcopy=False, states=(TrialState.PRUNED,
+                                                                                          TrialState.FAIL))
+            if "ray_trial_id" in t.user_attrs}
+
+
+def rung_values(exp: Experiment, study, metric: str) -> dict:
+    """{trial_id: {epoch: value}} as ASHA saw them: Ray's result files, which lag up to a snapshot, and
+    the study's intermediate values, written as ASHA judged each result (the study wins where both are)."""
+    values = {t: dict(rows) for t, rows in exp.metric_history(metric).items()}
+    for t in (study.get_trials(deepcopy=False) if study else []):
+        if "ray_trial_id" in t.user_attrs and t.intermediate_values:
+            values.setdefault(t.user_attrs["ray_trial_id"], {}).update(t.intermediate_values)
+    return values

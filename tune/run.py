@@ -169,6 +169,7 @@ def main(argv=None):
     from trainables.data import check
     from tune import resources
     from tune.export import ExportError, export, print_summary
+    from tune.pruning import close_lost
     from tune.search import Settings, build_tuner, restore_tuner
     from tune.trials import SETTINGS_FILE, Experiment, filesystem, upload
 
@@ -214,6 +215,10 @@ def main(argv=None):
     exp = Experiment(s.location, home=s.experiment)
     if args.resume:
         exp.drop_replayed_rows()
+        # a trial the searcher's snapshot had and Ray's did not (they are saved apart) never ran again
+        ran = {Path(r.path).name for r in grid}
+        if study := exp.study():
+            close_lost(study, lambda t: t.user_attrs.get("ray_trial_id") in ran)
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)

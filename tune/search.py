@@ -21,7 +21,7 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search_spaces import Space, parse  # noqa: E402
 from trainables.files import write_json  # noqa: E402
-from trainables.tune_report import tune_trainable  # noqa: E402
+from trainables.tune_report import TuneTrainable  # noqa: E402
 from tune import resources  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
@@ -131,7 +131,7 @@ def progress_table(s: Settings) -> CLIReporter:
 
 
 def trainable(res: dict):
-    return tune.with_resources(tune_trainable, res)
+    return tune.with_resources(TuneTrainable, res)
 
 
 def build_tuner(s: Settings, res: dict) -> tune.Tuner:
