@@ -219,6 +219,35 @@ def test_a_trial_only_the_searchers_snapshot_knows_holds_no_start_up_slot_and_is
     # the study has 2 finished and "c" RUNNING: counting its RUNNING trials, the hold would wait for ever
     assert [t.state.name for t in restored._ot_study.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
     assert restored.suggest("e") is not None                        # Ray never brought "c" back
+    # when the search ends, run.py closes what Ray did not run
     lost = close_lost(restored._ot_study, lambda t: t.user_attrs["ray_trial_id"] != "c")
     states = {t.user_attrs["ray_trial_id"]: t.state.name for t in restored._ot_study.trials}
     assert lost == ["c"] and states["c"] == "FAIL" and states["e"] == "RUNNING"
+
+
+def test_a_trial_ray_runs_that_the_searchers_snapshot_missed_is_claimed_back_from_the_study(tmp_path):
+    from ray import tune
+
+    from tune.pruning import TruthfulOptunaSearch
+
+    def searcher():
+        return TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
+                                    sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=2,
+                                    storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+    s = searcher()
+    s.suggest("a")
+    s.save(str(tmp_path / "searcher.pkl"))
+    s.suggest("b")                                   # after the searcher's snapshot, before Ray's
+    restored = searcher()
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("b", {"accuracy": 0.3, "epoch": 1})
+    restored.on_trial_complete("b", {"accuracy": 0.6, "epoch": 2})
+    b = [t for t in restored._ot_study.trials if t.user_attrs["ray_trial_id"] == "b"][0]
+    assert b.state.name == "COMPLETE" and b.value == 0.6 and b.intermediate_values == {1: 0.3}
+    # the other way round: the study closed "a" after the searcher's snapshot, and Ray brings it back
+    s.on_trial_complete("a", {"accuracy": 0.5, "epoch": 2})
+    again = searcher()
+    again.restore(str(tmp_path / "searcher.pkl"))
+    again.on_trial_complete("a", {"accuracy": 0.7, "epoch": 2})    # told once only, and no error
+    a = [t for t in again._ot_study.trials if t.user_attrs["ray_trial_id"] == "a"][0]
+    assert a.state.name == "COMPLETE" and a.value == 0.5

@@ -3,6 +3,7 @@ import contextlib
 import csv
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -131,13 +132,16 @@ def test_a_search_on_s3_keeps_trials_there_and_the_study_and_export_mirrored(s3,
     assert mirrored["provenance"]["trials"] == json.loads((home / "best_config.json").read_text())["provenance"]["trials"]
 
 
-def test_a_search_on_s3_killed_mid_way_resumes_and_agrees(s3, tmp_path):
+def test_a_search_on_s3_killed_mid_way_resumes_from_the_store_alone_and_agrees(s3, tmp_path):
     env, client = s3
     args = ["--space", "smoke", "--samples", "6", "--max-epochs", "3", "--grace-period", "1", "--name", "killed3",
             "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
     home = tmp_path / "killed3"
     kill_when(args, tmp_path, env, finished(home, 2))
-    r = search(["--resume", str(home)], tmp_path, env)
+    # another driver, with only the store: the driver's folder is made again from what S3 mirrors
+    shutil.rmtree(home)
+    r = search(["--resume", f"s3://{BUCKET}/killed3"], tmp_path, env)
+    assert f"made the search's folder {home}" in r.stdout
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials, _ = check_agreement(client, "killed3", home, 3)
     assert len(trials) == 6
@@ -146,10 +150,11 @@ def test_a_search_on_s3_killed_mid_way_resumes_and_agrees(s3, tmp_path):
 
 def test_a_bucket_that_is_not_there_is_one_line_before_anything_starts(s3, tmp_path):
     env, _ = s3
-    r = search(["--space", "smoke", "--storage", "s3://no-such-bucket/x", "--results", str(tmp_path)], tmp_path, env,
+    results = tmp_path / "results"
+    r = search(["--space", "smoke", "--storage", "s3://no-such-bucket/x", "--results", str(results)], tmp_path, env,
                timeout=120)
     assert r.returncode == 2 and "s3://no-such-bucket does not exist; create it first" in r.stderr, r.stderr[-2000:]
-    assert len(r.stderr.strip().splitlines()) == 1 and not list(tmp_path.iterdir())
+    assert len(r.stderr.strip().splitlines()) == 1 and not results.exists()
 
 
 def test_a_cluster_search_on_s3_killed_mid_way_resumes_on_the_cluster(s3, tmp_path):

@@ -35,11 +35,29 @@ class TuneReporter(Reporter):
             tune.report(row)
             self.plain = time.monotonic() - start
             return
+        drop_stale()
         with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the trial's storage
             save(Path(d))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
         self.since = time.monotonic()
         self.cost = max(self.since - start - self.plain, 0.0)
+
+
+def drop_stale() -> None:
+    """Before a checkpoint is reported, keep of the trial's checkpoint folders only the newest whole one (a
+    kill leaves others: a copy cut short, ones Ray's snapshot did not know). Ray holds that one, or it is
+    the copy a resumed trial started from; Ray deletes it once the new one is in."""
+    storage = tune.get_context().get_storage()
+    fs = storage.storage_filesystem
+    found = checkpoints(fs, storage.trial_fs_path)
+    if len(found) < 2:
+        return
+    whole = [(st["epoch"], c) for c in found if (st := checkpoint_state(fs, c))]
+    keep = max(whole)[1] if whole else None
+    for c in found:
+        if c != keep:
+            with contextlib.suppress(FileNotFoundError):
+                fs.delete_dir(c)
 
 
 def state_of(checkpoint: tune.Checkpoint | None) -> dict | None:
@@ -89,13 +107,10 @@ def tune_trainable(config: dict) -> None:
             replay = history[seen:]
             for i, metrics in enumerate(replay):  # Ray copies the checkpoint of the last row only
                 last = i == len(replay) - 1
+                if last:
+                    drop_stale()
                 tune.report({**metrics, **reporter.placement},
                             checkpoint=tune.Checkpoint.from_directory(str(local)) if last else None)
-            if replay:  # the checkpoint just reported supersedes the folders left from before the kill
-                for c in found:
-                    if c.path not in (storage.checkpoint_fs_path, given and given.path):
-                        with contextlib.suppress(FileNotFoundError):
-                            fs.delete_dir(c.path)
             if len(history) < cfg.epochs:
                 train(cfg, [reporter], resume_from=local, **place)
     free_memory()

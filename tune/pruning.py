@@ -23,6 +23,7 @@ import sys
 import warnings
 from pathlib import Path
 
+import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
@@ -74,14 +75,13 @@ class TruthfulOptunaSearch(OptunaSearch):
             backup_study(Path(self._storage.url.removeprefix("sqlite:///")), Path(checkpoint_path).parent / STUDY_FILE)
 
     def restore(self, checkpoint_path: str):
-        """After a kill, trials started since Ray's last snapshot are unknown to the restored search and
-        will never report again: close them in the study (FAIL) instead of leaving them RUNNING."""
+        """Ray uploads its own state and the searcher's apart, so after a kill either can be the newer: a
+        trial the searcher knows may never run again (run.py closes it as lost when the search ends), and
+        a trial Ray runs may be unknown to the searcher (it is claimed back from the study, _claim)."""
         super().restore(checkpoint_path)
         if self.wal:
             fast_commits(self._storage)  # the unpickled storage has a new engine without it
         self._live = set()
-        known = {t.number for t in self._ot_trials.values()}
-        close_lost(self._ot_study, lambda t: t.number in known)
         self._tell_untold()
 
     def _report(self, trial_id, result) -> bool:
@@ -96,13 +96,28 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._completed_trials.add(trial_id)
             return False
 
+    def _claim(self, trial_id) -> None:
+        """A trial Ray runs that the restored searcher does not know: take it back from the study, where
+        suggest marked it with its Ray id (or take note that the study has closed it)."""
+        if trial_id in self._ot_trials or trial_id in self._completed_trials:
+            return
+        for t in self._ot_study.get_trials(deepcopy=False):
+            if t.user_attrs.get("ray_trial_id") == trial_id:
+                if t.state == TrialState.RUNNING:
+                    self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, t._trial_id)
+                else:
+                    self._completed_trials.add(trial_id)
+                return
+
     def on_trial_result(self, trial_id, result):
         self._tell_untold()
+        self._claim(trial_id)
         if trial_id in self._ot_trials and trial_id not in self._completed_trials and self.metric in result:
             self._live.add(trial_id)
             self._report(trial_id, result)
 
     def on_trial_complete(self, trial_id, result=None, error=False):
+        self._claim(trial_id)
         if trial_id in self._completed_trials:  # the study closed it already (epochs replayed after a resume)
             return
         self._untold[trial_id] = (result, error)
@@ -129,6 +144,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         if trial_id not in self._ot_trials:
             return None
         ot, value = self._ot_trials[trial_id], (result or {}).get(self.metric)
+        if self._ot_study._storage.get_trial(ot._trial_id).state.is_finished():
+            self._completed_trials.add(trial_id)  # the study, ahead of the restored searcher, had closed it
+            return None
         if not error and result and result.get(STEP, self.max_epochs) < self.max_epochs:
             # stopped early: the result that made ASHA stop it never reached on_trial_result
             state = TrialState.PRUNED if value is None or self._report(trial_id, result) else None

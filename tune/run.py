@@ -7,6 +7,7 @@ the Optuna study (optuna.db), best_config.json for tune/final.py, leaderboard.cs
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import threading
 import time
@@ -25,7 +26,8 @@ def parse_args(argv):
                                        "  python tune/run.py --resume results/full-20261123-101500")
     what = p.add_mutually_exclusive_group(required=True)
     what.add_argument("--space", help="a named space (see --list-spaces) or a .yaml/.json file")
-    what.add_argument("--resume", metavar="RESULTS/NAME", help="continue an interrupted or killed search")
+    what.add_argument("--resume", metavar="RESULTS/NAME", help="continue an interrupted or killed search (or, "
+                      "on another driver, from its --storage URI: s3://bucket/prefix/<name>)")
     what.add_argument("--list-spaces", action="store_true", help="print the named spaces and exit")
     p.add_argument("--name", help="experiment name (default: <space>-<date>-<time>)")
     p.add_argument("--results", default="results", help="results root (default: results/)")
@@ -113,6 +115,32 @@ def settings_for(args):
     return s, space
 
 
+def home_of(location: str) -> Path:
+    """The driver's folder of a search kept in an object store. On another machine it is made again, at the
+    path it had (Ray's and Optuna's state name it), from what the store mirrors: search.json and the study
+    of Ray's last snapshot."""
+    from tune.trials import SETTINGS_FILE, STUDY_FILE, Experiment
+    exp = Experiment(location.rstrip("/"))
+    try:
+        settings = exp.settings()
+    except OSError as e:
+        raise UsageError(f"--resume: cannot reach {location} ({str(e).splitlines()[0]})") from None
+    if not settings or not settings.get("storage"):
+        raise UsageError(f"{location} is not a search started by tune/run.py with --storage (no {SETTINGS_FILE})")
+    home = Path(settings["root"]) / settings["name"]
+    if not (home / SETTINGS_FILE).is_file():
+        try:
+            home.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UsageError(f"--resume: the search's folder {home} cannot be made here ({e.strerror})") from None
+        db = exp.study_file()
+        if db is not None:
+            (home / STUDY_FILE).write_bytes(db.read_bytes())
+        (home / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")  # last: it marks the folder whole
+        print(f"made the search's folder {home} from {location}", flush=True)
+    return home
+
+
 def check_uri(location: str) -> None:
     """One line, before anything starts, when the object store cannot be reached or the search is there."""
     import pyarrow.fs as pafs
@@ -174,7 +202,7 @@ def main(argv=None):
     from tune.trials import SETTINGS_FILE, Experiment, filesystem, upload
 
     if args.resume:
-        s = Settings.load(Path(args.resume).expanduser().resolve())
+        s = Settings.load(home_of(args.resume) if "://" in args.resume else Path(args.resume).expanduser().resolve())
         if args.changed:
             raise UsageError(f"--resume continues a search with its saved settings (search.json); "
                              f"{', '.join(args.changed)} cannot change them")
