@@ -87,14 +87,19 @@ def search(args, cwd, env, timeout=600):
     return p
 
 
-def check_agreement(client, name: str, home: Path, epochs: int):
-    """S3's trial folders, the driver's study and its export tell the same story."""
+def check_agreement(client, name: str, home: Path, epochs: int, from_mirror: bool = False):
+    """S3's trial folders, the driver's study and its export tell the same story. `from_mirror`: the study was
+    remade from the store, whose copy can lag Ray's state by a snapshot (they are uploaded apart): a trial
+    Ray had only just added may be missing from it, and shows in the export as unfinished, never trained."""
     objects = keys(client, f"{name}/")
     depth = name.count("/") + 1
     trials = sorted({k.split("/")[depth] for k in objects if k.endswith("/params.json")})
     states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study(home).trials}
     board = {row["trial_id"]: row for row in csv.DictReader(open(home / "leaderboard.csv"))}
-    assert set(trials) == set(board) and set(trials) <= set(states)
+    assert set(trials) == set(board)
+    for t in set(trials) - set(states):
+        assert from_mirror and board[t]["status"] == "unfinished" and board[t]["epochs"] == "0", t
+    trials = sorted(set(trials) & set(states))
     # a trial started after Ray's last snapshot never reached S3: the study closed it, saying why
     for t in study(home).trials:
         if t.user_attrs["ray_trial_id"] not in trials:
@@ -143,8 +148,8 @@ def test_a_search_on_s3_killed_mid_way_resumes_from_the_store_alone_and_agrees(s
     r = search(["--resume", f"s3://{BUCKET}/killed3"], tmp_path, env)
     assert f"made the search's folder {home}" in r.stdout
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    trials, _ = check_agreement(client, "killed3", home, 3)
-    assert len(trials) == 6
+    trials, _ = check_agreement(client, "killed3", home, 3, from_mirror=True)
+    assert 5 <= len(trials) <= 6
     assert "RUNNING" not in {t.state.name for t in study(home).trials}
 
 
