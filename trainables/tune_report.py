@@ -95,12 +95,13 @@ def tune_trainable(config: dict) -> None:
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
     fs = storage.storage_filesystem
     found = [tune.Checkpoint(p, filesystem=fs) for p in checkpoints(fs, storage.trial_fs_path)]
-    usable = [(st, c) for c in [given, *found] if (st := state_of(c))]
+    given_state = state_of(given)
+    usable = [(st, c) for st, c in [(given_state, given), *((state_of(c), c) for c in found)] if st]
     if not usable:
         train(cfg, [reporter], **place)
     else:
         state, newest = max(usable, key=lambda sc: sc[0]["epoch"])
-        seen = (state_of(given) or {"epoch": 0})["epoch"]
+        seen = (given_state or {"epoch": 0})["epoch"]
         history = state["history"]
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(newest.to_directory(str(Path(tmp) / "newest")))  # Ray may reuse its folder's name

@@ -118,14 +118,15 @@ class TruthfulOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id, result=None, error=False):
         self._claim(trial_id)
-        if trial_id not in self._completed_trials:  # else the study had closed it (it came back after a kill)
-            self._untold[trial_id] = (result, error)
-            self._live.discard(trial_id)
-            self._tell_untold()
-        if trial_id not in self._untold and trial_id in self._ot_trials and self.experiment and \
-                self._ot_study._storage.get_trial(self._ot_trials[trial_id]._trial_id).state == TrialState.PRUNED:
-            # once the study knows: a resumed search stops it again instead of resuming it
-            Experiment(self.experiment).delete_checkpoints(trial_id)
+        if trial_id in self._completed_trials:  # the study had closed it: it came back after a kill, and its
+            # replay may have copied a checkpoint again
+            if trial_id in self._ot_trials and self.experiment and self._ot_study._storage.get_trial(
+                    self._ot_trials[trial_id]._trial_id).state == TrialState.PRUNED:
+                Experiment(self.experiment).delete_checkpoints(trial_id)
+            return
+        self._untold[trial_id] = (result, error)
+        self._live.discard(trial_id)
+        self._tell_untold()
 
     def _tell_untold(self) -> None:
         """Close in the study each trial that ended. Where the study's storage fails (a full or unreachable
@@ -139,8 +140,8 @@ class TruthfulOptunaSearch(OptunaSearch):
                       f"({type(e).__name__}); retrying", file=sys.stderr, flush=True)
                 continue
             del self._untold[trial_id]
-            if state == TrialState.PRUNED and self.experiment:  # told at a later chance
-                Experiment(self.experiment).delete_checkpoints(trial_id)
+            if state == TrialState.PRUNED and self.experiment:  # once the study knows: a resumed search
+                Experiment(self.experiment).delete_checkpoints(trial_id)  # stops it again, not resumes it
 
     def _close(self, trial_id, result, error) -> TrialState | None:
         """Tell the study how a trial ended; returns the state told (None: the study had closed it)."""
