@@ -10,7 +10,8 @@ either fixed (`arch: tiny`) or one distribution:
 
 Two keys are not config keys: `description` (one line for --list-spaces) and `search` (defaults for the
 search's options: samples, max_epochs, grace_period, reduction_factor). The named spaces live beside this
-file; `--space my_space.yaml` loads a user's own.
+file; `--space my_space.yaml` loads a user's own. Trials validate on `split: holdout` (a stratified part
+of train/; val/ is not read) unless the space or `--set split=val` says otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from trainables.config import FIELDS, ConfigError, base_type, check_value, coerc
 
 HERE = Path(__file__).resolve().parent
 KINDS = ("uniform", "loguniform", "int", "choice")
+SEARCH_SPLIT = "holdout"   # unless a space or --set names another
 SEARCH_OPTIONS = {"samples": int, "max_epochs": int, "grace_period": int, "reduction_factor": int}
 
 
@@ -114,6 +116,8 @@ def parse(raw, name: str) -> Space:
                 check_value(key, space.fixed[key])
             except ConfigError as e:
                 raise SpaceError(f"space '{name}': {e}") from None
+    if "split" not in space.params:  # a search chooses on a holdout of train/ and never reads val/
+        space.fixed.setdefault("split", SEARCH_SPLIT)
     if "epochs" in space.params:
         raise SpaceError(f"space '{name}': epochs must be fixed (it is ASHA's max_t); use --max-epochs")
     _check_cross_field(space)

@@ -69,8 +69,10 @@ def test_config_files_flat_or_exported(tmp_path):
     flat.write_text(json.dumps({"arch": "tiny", "lr": 0.01}))
     exported = tmp_path / "best.json"
     exported.write_text(json.dumps({"config": TrainConfig(arch="tiny").to_dict(), "provenance": {"trial": "x"}}))
-    assert TrainConfig.from_dict(load_config_file(flat)).lr == 0.01
-    assert TrainConfig.from_dict(load_config_file(exported)) == TrainConfig(arch="tiny")
+    values, provenance = load_config_file(flat)
+    assert TrainConfig.from_dict(values).lr == 0.01 and provenance is None
+    values, provenance = load_config_file(exported)
+    assert TrainConfig.from_dict(values) == TrainConfig(arch="tiny") and provenance == {"trial": "x"}
     bad = tmp_path / "bad.json"
     bad.write_text('{"arch": "tiny",')
     with pytest.raises(ConfigError, match="not valid JSON"):

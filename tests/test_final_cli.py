@@ -113,10 +113,37 @@ def test_repeats_report_mean_and_std_and_the_same_seed_repeats_exactly(tmp_path)
     accs = [x["accuracy"] for x in agg["runs"]]
     assert agg["accuracy_mean"] == pytest.approx(statistics.mean(accs))
     assert agg["accuracy_std"] == pytest.approx(statistics.stdev(accs))
-    assert "±" in r.stdout
+    half = 12.706 * statistics.stdev(accs) / 2 ** 0.5    # Student's t at 97.5% with one degree of freedom
+    assert agg["accuracy_ci95"] == pytest.approx([agg["accuracy_mean"] - half, agg["accuracy_mean"] + half], abs=1e-4)
+    assert "±" in r.stdout and "95% CI" in r.stdout
     again = run([str(cfg), "--out", str(tmp_path / "again")], tmp_path)
     assert again.returncode == 0, again.stderr
     one = json.loads((tmp_path / "again" / "metrics.json").read_text())
     first = json.loads((tmp_path / "rep" / "seed-42" / "metrics.json").read_text())
     strip = lambda h: [{k: v for k, v in e.items() if k not in TIMING_KEYS} for e in h]  # noqa: E731
     assert strip(one["history"]) == strip(first["history"])
+
+
+def test_a_config_chosen_on_a_holdout_is_tested_on_val_beside_the_search_value(tmp_path):
+    from trainables.data import index, prepare
+    config = {"data": TINY_DATA, "arch": "tiny", "size": 32, "bs": 16, "workers": 0, "epochs": 1, "tta": False,
+              "split": "holdout"}
+    chosen = {"data": TINY_DATA, "split": "holdout", "holdout_frac": 0.2, "holdout_seed": 0,
+              "fingerprint": index(prepare(TINY_DATA), ("train",)).fingerprint}
+    best = tmp_path / "best_config.json"
+    best.write_text(json.dumps({"config": config, "provenance": {
+        "experiment": "s", "trial": "t1", "metric": "accuracy", "value": 0.5, "chosen_on": chosen}}))
+    r = run([str(best), "--out", str(tmp_path / "a")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["config"]["split"] == "val" and m["tested_on"] == "val/"
+    assert m["search"] == {"experiment": "s", "trial": "t1", "metric": "accuracy", "value": 0.5, "chosen_on": chosen}
+    assert "tests on val/" in r.stdout and "holdout: 0.5000" in r.stdout and "warning" not in r.stdout
+    # the holdout kept on request; and a search's data that is not this one is said in one line
+    best.write_text(json.dumps({"config": config, "provenance": {
+        "experiment": "s", "trial": "t1", "metric": "accuracy", "value": 0.5,
+        "chosen_on": {**chosen, "fingerprint": "0" * 40}}}))
+    r = run([str(best), "--set", "split=holdout", "--out", str(tmp_path / "b")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["tested_on"] == "a holdout of train/"
+    assert "warning: the train/ images" in r.stdout

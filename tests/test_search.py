@@ -75,6 +75,16 @@ def test_smoke_search_completes_and_exports(smoke):
     best_rows = results_of(exp / p["trial"])
     assert p["value"] == best_rows[-1]["accuracy"] and len(best_rows) == SMOKE_EPOCHS
     assert p["searched"] == {k: best["config"][k] for k in p["searched"]}
+    # chosen on a holdout of train/: val/ was neither read by the trials nor indexed by the driver
+    from trainables.data import _cache_key, index, prepare
+    root = prepare(SMOKE_DATA)
+    assert best["config"]["split"] == "holdout"
+    assert p["chosen_on"] == {"data": SMOKE_DATA, "split": "holdout", "holdout_frac": 0.2, "holdout_seed": 0,
+                              "fingerprint": index(root, ("train",)).fingerprint}
+    indexed = sorted(f.name for f in (Path(os.environ["IMAGENETTE_TUNE_HOME"]) / "index").iterdir()
+                     if f.name.startswith(_cache_key(root)))
+    assert indexed == [f"{_cache_key(root)}-train.json"]
+    assert "holdout of train/" in (exp / "report.md").read_text()
     with open(exp / "leaderboard.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 8
@@ -361,18 +371,25 @@ def test_export_again_with_best_ever_scope_and_the_config_round_trips_through_fi
     best = json.loads((exp / "best_config.json").read_text())
     assert best["provenance"]["scope"] == "all"
     assert best["provenance"]["value"] == max(m["accuracy"] for m in results_of(exp / best["provenance"]["trial"]))
-    out = tmp_path / "final"
+    out = exp / "final"   # its default place: the export's report then lists it
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "final.py"), str(exp / "best_config.json"),
-                        "--epochs", "2", "--out", str(out)], capture_output=True, text=True, timeout=600)
+                        "--epochs", "2"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     m = json.loads((out / "metrics.json").read_text())
-    assert m["config"] == {**best["config"], "epochs": 2}
+    # chosen on the holdout, trained on all of train/ and tested once on val/, beside what the search saw
+    assert m["config"] == {**best["config"], "epochs": 2, "split": "val"} and m["tested_on"] == "val/"
+    assert "tests on val/" in r.stdout and "in the search" in r.stdout
+    assert m["search"]["value"] == best["provenance"]["value"] and m["search"]["trial"] == best["provenance"]["trial"]
+    assert m["search"]["chosen_on"]["split"] == "holdout" and "warning" not in r.stdout
+    assert f"python tune/export.py {exp}" in r.stdout
     assert m["accuracy_tta"] is not None and len(m["history"]) == 2
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(exp), "--metric", "accuracy_tta"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     tta = json.loads((exp / "best_config.json").read_text())["provenance"]
     assert tta["metric"] == "accuracy_tta" and tta["value"] == results_of(exp / tta["trial"])[-1]["accuracy_tta"]
+    report = (exp / "report.md").read_text()
+    assert "## Final runs" in report and f"{100 * m['accuracy']:.2f}% on val/" in report
 
 
 def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp_path):

@@ -56,7 +56,7 @@ resize_start: {int: [32, 64, 16]}
 normalize: {choice: [imagenet, none]}
 """)
     s = load(str(f))
-    assert s.name == "mine" and s.fixed == {"arch": "tiny", "size": 64}
+    assert s.name == "mine" and s.fixed == {"arch": "tiny", "size": 64, "split": "holdout"}
     assert s.params["resize_start"].args == (32, 64, 16)
     assert s.params["normalize"].args == ("imagenet", "none")
     assert parse(s.to_dict(), "again").params == s.params      # saved with a search, read back on resume
@@ -113,3 +113,8 @@ def test_space_becomes_the_same_optuna_distributions(tmp_path):
     assert dists["resize_start"] == optuna.distributions.IntDistribution(32, 64, step=16)
     assert dists["normalize"] == optuna.distributions.CategoricalDistribution(["imagenet", "none"])
     assert dists["mixup_alpha"] == optuna.distributions.FloatDistribution(0, 1)
+
+
+def test_a_search_chooses_on_the_holdout_unless_the_space_says_otherwise():
+    assert load("smoke").fixed["split"] == "holdout"
+    assert parse({"arch": "tiny", "split": "val"}, "old").fixed["split"] == "val"   # today's behaviour, on request

@@ -32,8 +32,13 @@ def knob(default, help, *, choices=None, low=None, high=None, high_open=False, l
 class TrainConfig:
     data: str = knob("synthetic", "imagenette[-160|-320], imagewoof[-160|-320], a folder in the Imagenette "
                      "layout, or synthetic[:train=N,val=N,px=N,seed=N] (generated)")
-    split: str = knob("val", "validation set: the val/ folder, or a seeded random 20% of all images",
-                      choices=("val", "random"))
+    split: str = knob("val", "validation set: the val/ folder; holdout, a stratified part of train/ (searches "
+                      "choose on it, and val/ is not read); or a seeded random 20% of all images",
+                      choices=("val", "holdout", "random"))
+    holdout_frac: float = knob(0.2, "split=holdout: the fraction of each class of train/ held out",
+                               low=0.0, high=0.5, low_open=True)
+    holdout_seed: int = knob(0, "split=holdout: the seed that draws the holdout (not the training seed)",
+                             low=0, high=2**31 - 1)
     arch: str = knob("xresnet50", "model; 'tiny' trains in seconds on a CPU", choices=ARCHS)
     act: str = knob("relu", "activation of the xresnet blocks", choices=("relu", "mish"))
     epochs: int = knob(5, "epochs in the one learning-rate schedule", low=1, high=10_000)
@@ -191,8 +196,9 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def load_config_file(path: str | Path) -> dict:
-    """Config keys from a JSON file: a flat {key: value} or an exported {"config": {...}, "provenance": ...}."""
+def load_config_file(path: str | Path) -> tuple[dict, dict | None]:
+    """(config keys, provenance) from a JSON file: a flat {key: value} (no provenance), or an export,
+    {"config": {...}, "provenance": {...}}."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
@@ -200,8 +206,9 @@ def load_config_file(path: str | Path) -> dict:
         d = json.loads(p.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{p} is not valid JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    provenance = None
     if isinstance(d, dict) and isinstance(d.get("config"), dict):
-        d = d["config"]
+        d, provenance = d["config"], d.get("provenance")
     if not isinstance(d, dict):
         raise ConfigError(f"{p} must hold a JSON object of config keys")
-    return d
+    return d, provenance if isinstance(provenance, dict) else None

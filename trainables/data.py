@@ -131,24 +131,47 @@ class DatasetIndex:
     def classes(self) -> list[str]:
         return sorted(set(self.labels))
 
-    def split(self, how: str, seed: int) -> tuple[list[int], list[int]]:
-        """Indices of (train, valid): the val/ folder, or fastbook's seeded random 20% of everything."""
+    def split(self, how: str, seed: int, holdout_frac: float = 0.2) -> tuple[list[int], list[int]]:
+        """Indices of (train, valid): the val/ folder; a holdout of train/ (`holdout_frac` of each class,
+        drawn with `seed`); or fastbook's seeded random 20% of everything."""
         n = len(self.files)
         if how == "val":
             return [i for i in range(n) if not self.is_valid[i]], [i for i in range(n) if self.is_valid[i]]
+        if how == "holdout":
+            return holdout(self, seed, holdout_frac)
         idx = list(range(n))
         random.Random(seed).shuffle(idx)
         cut = int(0.2 * n)
         return sorted(idx[cut:]), sorted(idx[:cut])
 
 
+def holdout(idx: DatasetIndex, seed: int, frac: float) -> tuple[list[int], list[int]]:
+    """Stratified: the same fraction of each class of train/ is held out, drawn by (seed, class) alone, so a
+    class's holdout does not move when another class gains or loses images."""
+    by_class: dict[str, list[int]] = {}
+    for i, (label, valid) in enumerate(zip(idx.labels, idx.is_valid)):
+        if not valid:
+            by_class.setdefault(label, []).append(i)
+    train, held = [], []
+    for label, members in sorted(by_class.items()):
+        k = round(frac * len(members))
+        if not 0 < k < len(members):
+            raise DataError(f"class '{label}' has {len(members)} training image(s): a {frac:.0%} holdout would "
+                            f"leave {'it none to validate on' if k == 0 else 'none to train on'}; "
+                            "use split=val or more images")
+        random.Random(f"{seed}:{label}").shuffle(members)
+        held += members[:k]
+        train += members[k:]
+    return sorted(train), sorted(held)
+
+
 def _cache_key(root: Path) -> str:
     return hashlib.sha1(str(root).encode()).hexdigest()[:16]
 
 
-def _listing(root: Path) -> list[tuple[str, int]]:
+def _listing(root: Path, folders: tuple[str, ...]) -> list[tuple[str, int]]:
     out = []
-    for split in ("train", "val"):
+    for split in folders:
         for dirpath, _, names in os.walk(root / split):
             for n in names:
                 if Path(n).suffix.lower() in IMAGE_EXTS:
@@ -163,17 +186,24 @@ def unreadable(files: list[Path]) -> list[str]:
     return [str(f) for f in verify_images(files)]
 
 
-def index(root: Path) -> DatasetIndex:
-    """The dataset's index, verified once (every image opened) and cached until its files change."""
+def folders_for(split: str) -> tuple[str, ...]:
+    """The folders a split reads: a holdout is carved from train/, and val/ is not even listed."""
+    return ("train",) if split == "holdout" else ("train", "val")
+
+
+def index(root: Path, folders: tuple[str, ...] = ("train", "val")) -> DatasetIndex:
+    """The index of the dataset's `folders`, verified once (every image opened) and cached until their files
+    change."""
     root = Path(root).resolve()
-    listing = _listing(root)
+    listing = _listing(root, folders)
     if not listing:
-        raise DataError(f"no images found under {root}/train or {root}/val")
+        raise DataError(f"no images found under {' or '.join(f'{root}/{f}' for f in folders)}")
     fingerprint = hashlib.sha1(json.dumps(listing).encode()).hexdigest()
-    cache = data_home() / "index" / f"{_cache_key(root)}.json"
+    part = "" if folders == ("train", "val") else "-" + "-".join(folders)
+    cache = data_home() / "index" / f"{_cache_key(root)}{part}.json"
     cached = _read_json(cache)
     if not (cached and cached.get("fingerprint") == fingerprint and cached.get("version") == INDEX_VERSION):
-        with _lock(f"index-{_cache_key(root)}"):
+        with _lock(f"index-{_cache_key(root)}{part}"):
             cached = _read_json(cache)
             if not (cached and cached.get("fingerprint") == fingerprint and cached.get("version") == INDEX_VERSION):
                 bad = unreadable([root / rel for rel, _ in listing])
@@ -188,8 +218,8 @@ def index(root: Path) -> DatasetIndex:
     parts = [Path(f).parts for f in files]
     idx = DatasetIndex(root, files, [class_name(f) for f in files], [p[0] == "val" for p in parts], sorted(skipped),
                        fingerprint)
-    for name, part in (("train", False), ("val", True)):
-        if part not in idx.is_valid:
+    for name, in_val in (("train", False), ("val", True)):
+        if name in folders and in_val not in idx.is_valid:
             raise DataError(f"no readable images in {root}/{name}")
     return idx
 

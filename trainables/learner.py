@@ -21,7 +21,7 @@ from fastai.vision.data import ImageBlock, imagenet_stats
 from torch import nn
 
 from .config import ConfigError, TrainConfig
-from .data import DatasetIndex, class_name, dataset_stats, index, prepare, presize
+from .data import DatasetIndex, class_name, dataset_stats, folders_for, index, prepare, presize
 
 OPTIMIZERS = {"adam": Adam, "ranger": ranger, "sgd": partial(SGD, mom=0.9), "lamb": Lamb}
 ACTS = {"relu": nn.ReLU, "mish": Mish}
@@ -68,6 +68,12 @@ def norm_stats(cfg: TrainConfig, idx: DatasetIndex):
     return None
 
 
+def split_indices(cfg: TrainConfig, idx: DatasetIndex) -> tuple[list[int], list[int]]:
+    """(train, valid) indices of the config's split; a holdout is drawn by its own seed, the same for every trial."""
+    seed = cfg.holdout_seed if cfg.split == "holdout" else cfg.seed
+    return idx.split(cfg.split, seed, cfg.holdout_frac)
+
+
 def build_dls(cfg: TrainConfig, idx: DatasetIndex, dev: torch.device | None = None, gpu_share: float = 1.0):
     """DataLoaders at the final size plus one training loader per progressive-resizing size, on `dev`
     (default_device() when not given); `gpu_share` is the fraction of the GPU the run was given.
@@ -79,7 +85,7 @@ def build_dls(cfg: TrainConfig, idx: DatasetIndex, dev: torch.device | None = No
     if cfg.pipeline == "tensor":
         from .tensor_pipeline import build_tensor_dls
         return build_tensor_dls(cfg, idx, dev, stats, gpu_share)
-    train_i, valid_i = idx.split(cfg.split, cfg.seed)
+    train_i, valid_i = split_indices(cfg, idx)
     items = [idx.root / f for f in idx.files]
     order = train_i + valid_i
     block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=idx.classes)), get_y=class_name,
@@ -114,7 +120,7 @@ def export_learner(learn: Learner, cfg: TrainConfig, path) -> None:
     """learner.pkl for fastai's load_learner on image files. A tensor-path learner's loaders hold the uint8
     cache and take indices, so it is exported with the fastai path's loaders of the same config."""
     if cfg.pipeline == "tensor":
-        learn.dls = build_dls(cfg.replace(pipeline="fastai"), index(prepare(cfg.data)))[0]
+        learn.dls = build_dls(cfg.replace(pipeline="fastai"), index(prepare(cfg.data), folders_for(cfg.split)))[0]
     learn.export(path)
 
 

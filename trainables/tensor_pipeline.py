@@ -32,6 +32,7 @@ from fastai.torch_core import TensorCategory, TensorImage
 
 from .config import TrainConfig
 from .data import DatasetIndex, tensor_cache
+from .learner import split_indices
 
 
 class CachedImages:
@@ -143,7 +144,7 @@ def build_tensor_dls(cfg: TrainConfig, idx: DatasetIndex, device: torch.device, 
                   "and each batch is copied to the GPU", flush=True)
     vocab = idx.classes
     labels = torch.tensor([vocab.index(c) for c in idx.labels])
-    train_i, valid_i = (torch.tensor(i) for i in idx.split(cfg.split, cfg.seed))
+    train_i, valid_i = (torch.tensor(i) for i in split_indices(cfg, idx))
     train = CachedImages(images, train_i, labels[train_i], vocab, split_idx=0)
     valid = CachedImages(images, valid_i, labels[valid_i], vocab, split_idx=1)
     common = dict(min_scale=cfg.min_scale, stats=stats, device=device, num_workers=0)

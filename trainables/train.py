@@ -27,7 +27,7 @@ from fastai.metrics import accuracy as accuracy_fn
 from fastai.torch_core import set_seed
 
 from .config import TrainConfig
-from .data import index, prepare
+from .data import folders_for, index, prepare
 from .learner import build_dls, build_learner, default_device
 from .reporting import STATE_FILE, Reporter
 
@@ -127,7 +127,7 @@ def train(cfg: TrainConfig, reporters: Sequence[Reporter] = (), resume_from: Pat
     dev = torch.device(device) if device else default_device()
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    idx = index(prepare(cfg.data))
+    idx = index(prepare(cfg.data), folders_for(cfg.split))
     dls, stages = build_dls(cfg, idx, dev, gpu_share)
     learn = build_learner(cfg, dls)
     if not progress:  # fastai's bars stay only when asked for; the reporters print the epoch lines

@@ -37,6 +37,19 @@ def pick_best(trials: list[Trial], metric: str, scope: str) -> tuple[Trial, str]
     return max(pool, key=lambda t: t.value(metric, scope)), f"no trial completed; best of those at {longest} epochs"
 
 
+def chosen_on(config: dict, settings: dict | None) -> dict:
+    """Which images the trials were scored on: the split, the holdout's draw, and the fingerprint of the
+    files (names and sizes) the search read, so a final run can tell whether its data is the same."""
+    split = config.get("split", "val")
+    out = {"data": config.get("data"), "split": split}
+    if split == "holdout":
+        out.update(holdout_frac=config.get("holdout_frac"), holdout_seed=config.get("holdout_seed"))
+    prints = ((settings or {}).get("datasets") or {}).get(config.get("data")) or {}
+    if split in prints:
+        out["fingerprint"] = prints[split]
+    return out
+
+
 def write_leaderboard(trials: list[Trial], path: Path, metric: str = "accuracy") -> None:
     keys = sorted({k for t in trials for k in t.params})
     rows = sorted(trials, key=lambda t: -(t.value(metric, "last") or -1))
@@ -67,7 +80,8 @@ def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> di
     counts = {s: sum(t.status == s for t in trials) for s in ("completed", "pruned", "errored", "unfinished")}
     provenance = {
         "experiment": experiment.name, "trial": best.trial_id, "metric": metric, "scope": scope,
-        "value": best.value(metric, scope), "epochs_trained": best.epochs, "status": best.status,
+        "value": best.value(metric, scope), "chosen_on": chosen_on(best.config, exp.settings()),
+        "epochs_trained": best.epochs, "status": best.status,
         "chosen_from": how, "searched": best.params, "trials": counts,
         "versions": versions(), "git_commit": git_commit(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }

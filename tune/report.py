@@ -40,7 +40,42 @@ def _save(ax_or_axes, path: Path) -> None:
     plt.close(fig)
 
 
-def learning_curves(trials, path: Path, top: int = 5) -> None:
+def scored_on(chosen: dict | None) -> str:
+    """What a trial's accuracy was measured on, in words."""
+    chosen = chosen or {}
+    if chosen.get("split") == "holdout":
+        return (f"a holdout of train/ ({chosen.get('holdout_frac', 0):.0%} of each class, drawn with seed "
+                f"{chosen.get('holdout_seed')}); val/ was not read")
+    if chosen.get("split") == "random":
+        return "a random 20% of all images"
+    return "val/, which the final run also tests on: its test accuracy was seen while choosing"
+
+
+def final_runs(experiment: Path) -> list[str]:
+    """The final runs of this export (tune/final.py into <experiment>/final*), test beside search accuracy."""
+    from tune.trials import final_runs as runs
+    rows = []
+    for name, m in runs(experiment):
+        search = m.get("search") or {}
+        if search.get("experiment") != experiment.name:
+            continue
+        metric = search.get("metric", "accuracy")  # the same metric on both sides: with TTA or without
+        test = m.get(f"{metric}_mean", m.get(metric))
+        if test is None or search.get("value") is None:
+            continue
+        ci = m.get(f"{metric}_ci95")
+        spread = f" (95% CI {100 * ci[0]:.2f} to {100 * ci[1]:.2f}, {m['repeats']} seeds)" if ci else ""
+        rows.append(f"| {name} | {m['config']['epochs']} | {100 * search['value']:.2f}% | "
+                    f"{100 * test:.2f}%{spread} on {m.get('tested_on', '?')} | {100 * (test - search['value']):+.2f} |")
+    if not rows:
+        return []
+    return ["## Final runs", "", "Each final run's test accuracy beside what the search measured for its config "
+            "(the search's metric on both sides).", "",
+            "| run | epochs | in the search | tested | gap (points) |", "|---|---|---|---|---|",
+            *rows, ""]
+
+
+def learning_curves(trials, path: Path, ylabel: str, top: int = 5) -> None:
     fig, ax = plt.subplots(figsize=(8, 5))
     ranked = sorted((t for t in trials if t.history), key=lambda t: -(t.value("accuracy", "last") or 0))
     for t in ranked[top:]:
@@ -48,7 +83,7 @@ def learning_curves(trials, path: Path, top: int = 5) -> None:
     for t in ranked[:top]:
         ax.plot([h["epoch"] for h in t.history], [h["accuracy"] for h in t.history], marker="o", lw=2,
                 label=f"{t.trial_id} ({t.status}) {t.history[-1]['accuracy']:.3f}")
-    ax.set(xlabel="epoch", ylabel="validation accuracy",
+    ax.set(xlabel="epoch", ylabel=ylabel,
            title=f"Learning curves: the top {min(top, len(ranked))} trials, the others in grey")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -80,14 +115,16 @@ def write_report(experiment: Path, trials, best, provenance: dict, study: optuna
     lines = [f"# Search {experiment.name}", "",
              f"{len(trials)} trials ({counts}). Best: trial `{best.trial_id}` with {provenance['metric']} "
              f"{provenance['value']:.4f} after {best.epochs} epochs ({provenance['chosen_from']}).", "",
+             f"Every trial's accuracy is measured on {scored_on(provenance.get('chosen_on'))}.", "",
              "Train it longer:", "", "```bash",
              f"python tune/final.py {shown(experiment)}/best_config.json --epochs N", "```", "",
              "## Best config (searched keys)", ""]
     lines += [f"- `{k}` = {v:.4g}" if isinstance(v, float) else f"- `{k}` = {v}"
               for k, v in sorted(best.params.items())]
-    lines += ["", "## Leaderboard (top 10)", "", *_table(trials, keys), ""]
+    lines += ["", "## Leaderboard (top 10)", "", *_table(trials, keys), "", *final_runs(experiment)]
 
-    learning_curves(trials, folder / "learning_curves.png")
+    holdout = (provenance.get("chosen_on") or {}).get("split") == "holdout"
+    learning_curves(trials, folder / "learning_curves.png", "holdout accuracy" if holdout else "validation accuracy")
     lines += ["## Learning curves", "", "![learning curves](report/learning_curves.png)", ""]
     for name, (caption, draw) in PLOTS.items():
         lines += [f"## {caption}", ""]

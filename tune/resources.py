@@ -114,23 +114,35 @@ def check_shared_storage(storage: str) -> None:
                          "give a folder that every node mounts (NFS, a cluster file system)")
 
 
-def prepare(datasets: list[str], stats: bool, tensor_sizes: list[int]) -> None:
-    """Download or generate, verify, measure (normalize=dataset) and decode (pipeline=tensor) each dataset."""
-    from trainables.data import dataset_stats, index, prepare as ready, tensor_cache
+def prepare(datasets: list[str], splits: list[str], stats: bool, tensor_sizes: list[int]) -> dict:
+    """Download or generate, verify, measure (normalize=dataset) and decode (pipeline=tensor) the folders of
+    each dataset the splits read. Returns {dataset: {split: fingerprint of the files it reads}}."""
+    from trainables.data import dataset_stats, folders_for, index, prepare as ready, tensor_cache
+    out = {}
     for d in datasets:
-        idx = index(ready(d))
-        if stats:
-            dataset_stats(idx)
-        for size in tensor_sizes:
-            tensor_cache(idx, size)
+        for split in splits:
+            idx = index(ready(d), folders_for(split))
+            out.setdefault(d, {})[split] = idx.fingerprint
+            if stats:
+                dataset_stats(idx)
+            for size in tensor_sizes:
+                tensor_cache(idx, size)
+    return out
 
 
-def prepare_everywhere(datasets: list[str], stats: bool, tensor_sizes: list[int]) -> None:
+def prepare_everywhere(datasets: list[str], splits: list[str], stats: bool, tensor_sizes: list[int]) -> dict:
     """Each node of a cluster prepares every dataset once, before any trial starts."""
     from trainables.data import DataError
+    nodes = _alive_nodes()
     try:
-        ray.get([_on_node(n, prepare, datasets, stats, tensor_sizes) for n in _alive_nodes()])
+        seen = ray.get([_on_node(n, prepare, datasets, splits, stats, tensor_sizes) for n in nodes])
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, DataError):
             raise e.cause from None
         raise
+    for node, prints in zip(nodes, seen):
+        for d in datasets:
+            if prints[d] != seen[0][d]:  # trials on that node would train and validate on other files
+                raise UsageError(f"dataset {d} is not the same on every node of the cluster (node {node} has "
+                                 "other files); give every node the same copy")
+    return seen[0]

@@ -181,7 +181,8 @@ def with_data_path(space, cpus_per_trial: float):
 def preparation(space) -> dict:
     """What trials will need ready on every node: datasets, statistics, a tensor cache per training size."""
     tensor = "tensor" in values_of(space, "pipeline")
-    return {"datasets": values_of(space, "data"), "stats": "dataset" in values_of(space, "normalize"),
+    return {"datasets": values_of(space, "data"), "splits": values_of(space, "split"),
+            "stats": "dataset" in values_of(space, "normalize"),
             "tensor_sizes": sorted(set(values_of(space, "size"))) if tensor else []}
 
 
@@ -220,11 +221,15 @@ def main(argv=None):
     prep = preparation(space)
     if s.address and "://" not in s.storage:
         resources.check_shared_storage(s.storage)
-        resources.prepare_everywhere(**prep)
+        fingerprints = resources.prepare_everywhere(**prep)
     else:
-        resources.prepare(**prep)
+        fingerprints = resources.prepare(**prep)
 
     if args.resume:
+        if s.datasets and s.datasets != fingerprints:  # the trials so far trained on other files
+            raise UsageError(f"the data of {s.experiment} changed since the search started "
+                             f"({', '.join(d for d in fingerprints if fingerprints[d] != s.datasets.get(d))}); "
+                             "a search resumes only on the files it started with")
         print(f"resuming {s.experiment}", flush=True)
         tuner = restore_tuner(s, res)
     else:
@@ -232,6 +237,7 @@ def main(argv=None):
             s.experiment.mkdir(parents=True)
         except FileExistsError:  # another search took the name since the check
             raise UsageError(f"{s.experiment} already exists; pick another --name") from None
+        s.datasets = fingerprints
         s.save()
         if s.storage:
             upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE])

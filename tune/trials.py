@@ -118,6 +118,17 @@ def read_text(fs: pafs.FileSystem, path: str) -> str | None:
         return None
 
 
+def final_runs(home: Path) -> list[tuple[str, dict]]:
+    """(folder name, metrics.json) of each final run tune/final.py wrote into the driver's folder (final*/)."""
+    out = []
+    for f in sorted(Path(home).glob("final*/metrics.json")):
+        try:
+            out.append((f.parent.name, json.loads(f.read_text())))
+        except ValueError:  # a run still writing, or cut short: it is listed once it is whole
+            continue
+    return out
+
+
 def folders(fs: pafs.FileSystem, path: str, prefix: str = "") -> list[str]:
     """The names of the sub-folders of `path` that start with `prefix`, sorted."""
     try:
