@@ -86,7 +86,7 @@ def search(name: str, args: list[str], results: Path) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     ap.add_argument("--part", choices=("cost", "search", "all"), default="all")
     a = ap.parse_args()
     out = RESULTS / "checkpoints.json"

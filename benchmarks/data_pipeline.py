@@ -65,7 +65,7 @@ def fastai_tfms_rate(cfg: TrainConfig, idx, batches: int, repeats: int = 3) -> f
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--batches", type=int, default=40)
     p.add_argument("--data", help="dataset (default: the real photos if present, else synthetic)")

@@ -79,7 +79,7 @@ def trials_at_once(cfg: TrainConfig, k: int) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--arch", default="xresnet50")
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--bs", type=int, default=128)

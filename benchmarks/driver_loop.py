@@ -89,7 +89,7 @@ def run(width: int, args, root: Path) -> dict:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--widths", type=int, nargs="+", default=[2, 16])
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--max-epochs", type=int, default=4)

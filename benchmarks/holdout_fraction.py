@@ -61,7 +61,7 @@ def draw(labels: np.ndarray, frac: float, rng: random.Random) -> np.ndarray:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--data", default=str(REAL_DATA))
     p.add_argument("--configs", type=int, default=8)
     p.add_argument("--draws", type=int, default=500)

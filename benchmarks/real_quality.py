@@ -139,7 +139,7 @@ def table(rows: list[dict], header: str) -> str:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--quick", action="store_true", help="a subset, 3 epochs, 2 seeds, 4 trials: a few minutes")
     p.add_argument("--data", help="Imagenette-layout folder (default: the real photos beside the project)")
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every rung and of the searched config")

@@ -48,7 +48,7 @@ def guided(exp: Path) -> int:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--space", default="small")
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--widths", type=int, nargs="+", default=[2, 8, 16])

@@ -43,7 +43,7 @@ def fill(study, space, n: int, max_epochs: int, grace: int, rng: random.Random) 
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--space", default="full")
     p.add_argument("--sizes", type=int, nargs="+", default=[40, 200, 1000])
     p.add_argument("--asks", type=int, default=5)

@@ -8,8 +8,9 @@ either fixed (`arch: tiny`) or one distribution:
     resize_start:    {int: [64, 128, 16]}        # low, high (inclusive), optional step
     normalize:       {choice: [imagenet, dataset]}
 
-Two keys are not config keys: `description` (one line for --list-spaces) and `search` (defaults for the
-search's options: samples, max_epochs, grace_period, reduction_factor). The named spaces live beside this
+Three keys are not config keys: `description` (one line for --list-spaces), `search` (defaults for the
+search's options: samples, max_epochs, grace_period, reduction_factor) and `requires: gpu` (a space too
+slow for CPUs: tune/run.py refuses it on a Ray without GPUs unless told --allow-cpu). The named spaces live beside this
 file; `--space my_space.yaml` loads a user's own. Trials validate on `split: holdout` (a stratified part
 of train/; val/ is not read) unless the space or `--set split=val` says otherwise.
 """
@@ -59,10 +60,13 @@ class Space:
     params: dict = field(default_factory=dict)   # key -> Dist
     fixed: dict = field(default_factory=dict)    # key -> value
     search: dict = field(default_factory=dict)   # defaults of the search's options
+    requires: str | None = None                  # "gpu": too slow to search on CPUs
 
     def to_dict(self) -> dict:
         """The space in its own file format (saved with each search so that a resume needs no file)."""
         out = {"description": self.description, "search": dict(self.search), **self.fixed}
+        if self.requires:
+            out["requires"] = self.requires
         out.update({k: {d.kind: list(d.args)} for k, d in self.params.items()})
         return out
 
@@ -95,7 +99,9 @@ def parse(raw, name: str) -> Space:
     if not isinstance(raw, dict):
         raise SpaceError(f"space '{name}' must be a mapping of config keys")
     raw = dict(raw)
-    space = Space(name=name, description=str(raw.pop("description", "") or ""))
+    space = Space(name=name, description=str(raw.pop("description", "") or ""), requires=raw.pop("requires", None))
+    if space.requires not in (None, "gpu"):
+        raise SpaceError(f"space '{name}': requires must be gpu (or left out), got {space.requires!r}")
     search = raw.pop("search", None) or {}
     if not isinstance(search, dict):
         raise SpaceError(f"space '{name}': 'search' must be a mapping of {', '.join(SEARCH_OPTIONS)}")
@@ -208,4 +214,6 @@ def describe(space: Space) -> str:
         lines.append(f"  {k:<16} = {v}")
     if space.search:
         lines.append("  search defaults: " + ", ".join(f"{k}={v}" for k, v in space.search.items()))
+    if space.requires:
+        lines.append(f"  requires: {space.requires}")
     return "\n".join(lines)

@@ -58,6 +58,7 @@ def test_trains_one_config_and_writes_metrics_tensorboard_and_learner(tmp_path):
     (["--set", "epochs"], "key=value"),
     (["--epochs", "two"], "invalid int value"),
     (["--bogus"], "unrecognized arguments"),
+    (["--repeat", "2"], "unrecognized arguments: --repeat"),   # no prefix matching
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
     if args == ["BAD_JSON"]:
@@ -147,3 +148,15 @@ def test_a_config_chosen_on_a_holdout_is_tested_on_val_beside_the_search_value(t
     assert r.returncode == 0, r.stderr
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["tested_on"] == "a holdout of train/"
     assert "warning: the train/ images" in r.stdout
+
+
+def test_a_resizing_schedule_that_rounds_away_is_said_in_one_line(tmp_path):
+    cfg = {"data": TINY_DATA, "arch": "tiny", "size": 32, "bs": 16, "workers": 0, "tta": False,
+           "resize_start": 16, "resize_frac": 0.3}
+    (tmp_path / "c.json").write_text(json.dumps(cfg))
+    r = run([str(tmp_path / "c.json"), "--epochs", "1", "--out", str(tmp_path / "one")], tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "progressive resizing is off in this run" in r.stdout
+    r = run([str(tmp_path / "c.json"), "--epochs", "4", "--out", str(tmp_path / "four")], tmp_path)  # 1.2 -> 1 small
+    assert r.returncode == 0, r.stderr
+    assert "progressive resizing is off" not in r.stdout

@@ -321,6 +321,9 @@ def test_a_checkpoint_cut_short_by_a_kill_is_passed_over_and_the_older_one_resum
     (["--space", "smoke", "--set", "epochs=3"], "--max-epochs"),
     (["--space", "smoke", "--storage", "nosuch://bucket/x"], "cannot reach nosuch://bucket/x"),
     (["--space", "smoke", "--samples", "many"], "invalid int value"),
+    (["--space", "smoke", "--sample", "3"], "unrecognized arguments: --sample"),   # no prefix matching
+    pytest.param(["--space", "full"], "requires a GPU and its trials would train on CPUs: on this machine's CPUs",
+                 marks=pytest.mark.skipif(HAS_GPU, reason="this machine has a GPU")),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(tmp_path, args, words):
     (tmp_path / "malformed.yaml").write_text("lr: [1, 2\n")
@@ -379,7 +382,8 @@ def test_export_again_with_best_ever_scope_and_the_config_round_trips_through_fi
     # chosen on the holdout, trained on all of train/ and tested once on val/, beside what the search saw
     assert m["config"] == {**best["config"], "epochs": 2, "split": "val"} and m["tested_on"] == "val/"
     assert "tests on val/" in r.stdout and "in the search" in r.stdout
-    assert m["search"]["value"] == best["provenance"]["value"] and m["search"]["trial"] == best["provenance"]["trial"]
+    assert {k: m["search"][k] for k in ("experiment", "trial", "metric", "value", "git_commit")} == \
+        {k: best["provenance"][k] for k in ("experiment", "trial", "metric", "value", "git_commit")}
     assert m["search"]["chosen_on"]["split"] == "holdout" and "warning" not in r.stdout
     assert f"python tune/export.py {exp}" in r.stdout
     assert m["accuracy_tta"] is not None and len(m["history"]) == 2

@@ -14,7 +14,11 @@ class UsageError(Exception):
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with the project's habit: a bad argument is one line and exit status 2, not the usage block."""
+    """argparse with the project's habits: a bad argument is one line and exit status 2, not the usage block,
+    and an option is taken only as spelt (argparse would read `--sample 3` as `--samples 3`)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)
 
     def error(self, message):
         print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)

@@ -128,6 +128,10 @@ def main(argv=None):
     index(prepare(cfg.data), folders_for(cfg.split))  # so does a dataset without readable images
     search = searched(provenance)
     check_same_data(cfg, search)
+    if cfg.resize_start is not None and cfg.resize_start < cfg.size and not cfg.progressive:
+        print(f"note: progressive resizing is off in this run: resize_frac={cfg.resize_frac:g} of {cfg.epochs} "
+              f"epoch(s) rounds to no epoch at resize_start={cfg.resize_start}; every epoch trains at size="
+              f"{cfg.size} (more --epochs, or a larger resize_frac, keeps it)", flush=True)
     out = free_folder(Path(args.out) if args.out else default_out(args.config), args.force, "output folder")
     progress = not args.quiet and sys.stdout.isatty()
 

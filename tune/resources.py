@@ -146,3 +146,47 @@ def prepare_everywhere(datasets: list[str], splits: list[str], stats: bool, tens
                 raise UsageError(f"dataset {d} is not the same on every node of the cluster (node {node} has "
                                  "other files); give every node the same copy")
     return seen[0]
+
+
+# Training images of the downloadable datasets (every size of a dataset has the same files)
+KNOWN_TRAIN_IMAGES = {"imagenette": 9469, "imagewoof": 9025}
+
+
+def train_images(data: str) -> int:
+    """How many images train/ holds, without preparing the dataset (a download or generation)."""
+    from trainables.data import IMAGE_EXTS, REAL
+    from trainables.synthetic import WNIDS, SyntheticSpec
+    if data in REAL:
+        return KNOWN_TRAIN_IMAGES[data.split("-")[0]]
+    if data.split(":")[0] == "synthetic":
+        return SyntheticSpec.parse(data).train * len(WNIDS)
+    return sum(Path(n).suffix.lower() in IMAGE_EXTS for _, _, names in os.walk(Path(data) / "train") for n in names)
+
+
+def seconds_per_image(arch: str, size: int, steps: int = 2, bs: int = 8) -> float:
+    """One training step of the model on this machine's CPUs, timed on random images (after one warm-up)."""
+    import time
+
+    import torch
+    from trainables.config import TrainConfig
+    from trainables.learner import make_model
+    model = make_model(TrainConfig(arch=arch), 10)
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    x, y = torch.randn(bs, 3, size, size), torch.randint(0, 10, (bs,))
+    for i in range(steps + 1):
+        if i == 1:
+            t0 = time.perf_counter()
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return (time.perf_counter() - t0) / (steps * bs)
+
+
+def cpu_estimate(arch: str, size: int, images: int, samples: int, max_epochs: int) -> str:
+    """How long a search's trials would take on this machine's CPUs, at most (every trial to the end; ASHA
+    stops some sooner), from one timed training step."""
+    per_image = seconds_per_image(arch, size)
+    hours = per_image * images * max_epochs * samples / 3600
+    return (f"on this machine's CPUs its {samples} trials of up to {max_epochs} epochs would take up to about "
+            f"{hours:,.0f} hours ({arch} at {size} px: {1000 * per_image:.0f} ms a training image here, "
+            f"{images} images an epoch)")

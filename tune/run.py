@@ -45,6 +45,8 @@ def parse_args(argv):
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials (default 1 if any)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the GPU share of the CPUs)")
     p.add_argument("--retries", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--allow-cpu", action="store_true",
+                   help="search a space that requires a GPU (full, leaderboard) on CPUs anyway")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); needs --storage")
     p.add_argument("--storage", help="where the trials go: a folder every node sees (NFS), or a URI such as "
                                      "s3://bucket/prefix (the study and export stay in --results, mirrored there)")
@@ -178,6 +180,19 @@ def with_data_path(space, cpus_per_trial: float):
     return search_spaces.parse({**space.to_dict(), "pipeline": "tensor"}, space.name)
 
 
+def refuse_on_cpus(space, s) -> None:
+    """A space made for GPUs, about to train on CPUs: one line with what it would cost, before anything runs."""
+    from trainables.config import FIELDS
+    from tune import resources
+    archs = values_of(space, "arch") or [FIELDS["arch"].default]
+    arch = max(archs, key=lambda a: a != "tiny")   # the slowest the search may draw
+    size = max(values_of(space, "size") or [space.params["size"].values_at_bounds[1]])
+    images = max(resources.train_images(d) for d in values_of(space, "data"))
+    raise UsageError(f"space {space.name} requires a GPU and its trials would train on CPUs: "
+                     f"{resources.cpu_estimate(arch, size, images, s.samples, s.max_epochs)}; use a GPU, a CPU "
+                     "space (smoke, small, real_cpu), or pass --allow-cpu to run it anyway")
+
+
 def preparation(space) -> dict:
     """What trials will need ready on every node: datasets, statistics, a tensor cache per training size."""
     tensor = "tensor" in values_of(space, "pipeline")
@@ -216,6 +231,8 @@ def main(argv=None):
     resources.start_ray(s.address)
     res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial, cluster=bool(s.address))  # and impossible ones
     if not args.resume:
+        if space.requires == "gpu" and not res["gpu"] and not args.allow_cpu:
+            refuse_on_cpus(space, s)
         space = with_data_path(space, res["cpu"])
         s.space = space.to_dict()
     prep = preparation(space)
