@@ -122,6 +122,24 @@ def portable(text: str, data: str, tmp: str, name: str) -> str:
     return text.replace(str(Path(tmp) / "results"), "results").replace(data, name)
 
 
+def past_ladder(name: str, rungs: list, seeds: list, data_label: str, short: str) -> list[dict] | None:
+    """The ladder's rows of this benchmark's last results, if they were trained as these would be: the same
+    protocol, data, seeds and rung configs (the runs are seeded, so training them again gives the same)."""
+    try:
+        past = json.loads((RESULTS / f"{name}.json").read_text())
+    except (OSError, ValueError):
+        past = {}
+    rows = [r for r in past.get("rows", []) if r["kind"] == "ladder"]
+    wanted = [(rung, {**cfg.replace(split="val").to_dict(), "data": short}) for rung, cfg in rungs]
+    if (past.get("protocol") != PROTOCOL or past.get("budget", {}).get("data") != data_label
+            or past["budget"].get("seeds") != seeds or [(r["name"], r["config"]) for r in rows] != wanted):
+        print("--reuse-ladder: the last results' ladder was not trained as this one would be; training it", flush=True)
+        return None
+    print(f"ladder: reused from benchmarks/results/{name}.json (same protocol, data, seeds and configs)", flush=True)
+    return [{**{k: v for k, v in r.items() if k not in ("best_rung", "vs_searched")},
+             "reused_from_commit": r.get("reused_from_commit", past.get("git_commit"))} for r in rows]
+
+
 def table(rows: list[dict], header: str) -> str:
     lines = [header, "", "| config | holdout (choice) | val/ accuracy | val/ with TTA | searched − this on val/ "
              "(95% CI) | with TTA |", "|---|---|---|---|---|---|"]
@@ -145,6 +163,9 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every rung and of the searched config")
     p.add_argument("--space", default="real_cpu", help="the search space; its fixed keys are every run's budget")
     p.add_argument("--gpus-per-trial", type=float, help="passed to the search (e.g. 0.25: four trials per GPU)")
+    p.add_argument("--reuse-ladder", action="store_true",
+                   help="take the ladder's rows from the last results of this benchmark when their budget, seeds "
+                        "and protocol are these (the ladder is seeded: it trains the same again)")
     args = p.parse_args()
     seeds = args.seeds or ([1, 2] if args.quick else [1, 2, 3])
     t_start = time.perf_counter()
@@ -159,11 +180,17 @@ def main():
             data = str(real_subset(Path(tmp) / "subset", 100, 30, src=Path(data)))
         b = budget(args.space, args.quick)
         base = TrainConfig(data=data, **b)
-        rows, cfg = [], base
-        for name, change in ladder(b["size"]):
+        name = "real_quality" + ("" if args.space == "real_cpu" else f"-{Path(args.space).stem}") + \
+            ("_quick" if args.quick else "")
+        rungs, cfg = [], base
+        for rung, change in ladder(b["size"]):
             cfg = cfg.replace(**change)
-            print(f"ladder: {name}", flush=True)
-            rows.append(summarize(name, "ladder", train_seeds(cfg, seeds, "holdout"), train_seeds(cfg, seeds, "val"),
+            rungs.append((rung, cfg))
+        rows = (past_ladder(name, rungs, seeds, label(source) + (" subset" if args.quick else ""), short)
+                if args.reuse_ladder else None) or []
+        for rung, cfg in ([] if rows else rungs):
+            print(f"ladder: {rung}", flush=True)
+            rows.append(summarize(rung, "ladder", train_seeds(cfg, seeds, "holdout"), train_seeds(cfg, seeds, "val"),
                                   cfg.replace(split="val").to_dict()))
 
         print(f"search: tune/run.py --space {args.space}", flush=True)
@@ -178,8 +205,6 @@ def main():
         for r in rows:
             r["config"]["data"] = short
 
-        name = "real_quality" + ("" if args.space == "real_cpu" else f"-{Path(args.space).stem}") + \
-            ("_quick" if args.quick else "")
         out_dir = RESULTS / f"{name}_search"
         shutil.rmtree(out_dir, ignore_errors=True)
         exp = Path(tmp) / "results" / "real_quality"
@@ -213,7 +238,10 @@ def main():
                      f"path; seeds {seeds}.\n\nProtocol: chosen on a holdout (split=holdout, 20% of each class of "
                      f"train/; the search's trials and the ladder's best rung), then tested once on val/ by runs "
                      f"trained on all of train/. The difference column is paired: the same seed on both sides, its "
-                     f"mean and 95% interval.\n\nMachine: {machine()}; search "
+                     f"mean and 95% interval."
+                     + (f" The ladder's rows are those trained at commit {rows[0]['reused_from_commit'][:7]} "
+                        "(--reuse-ladder: same protocol, data, seeds and configs)." if "reused_from_commit" in rows[0]
+                        else "") + f"\n\nMachine: {machine()}; search "
                      f"{search_s / 60:.0f} min, whole benchmark {total_s / 60:.0f} min"
                      + (f", {total_s * gpus / 3600:.2f} GPU-hours." if gpus else "."))
     ci_text = "" if verdict["gain_ci95_points"] is None else \
