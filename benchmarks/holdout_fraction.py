@@ -1,8 +1,9 @@
 """How big must the holdout be to choose well? Configs ranked on holdouts of 5-20% of train/ against val/.
 
 python benchmarks/holdout_fraction.py [--data PATH] [--configs 8] [--draws 500] [--epochs N]
-The configs are those a real search compares: trials of the `real_cpu` search on the real photos
-(benchmarks/results/real_quality_search/leaderboard.csv), its top four and four spread below them. Each
+The configs are those a real search compares: trials of a `real_cpu` search on the real photos
+(`--leaderboard`; the measurement saved used that search's leaderboard of commit 48dd81e, ranked on val/
+before searches chose on the holdout), its top four and four spread below them. Each
 is trained once as a search's trial is (tiny, 64 px, 10 epochs) on train/ less a 20% holdout, and its
 predictions on every holdout image and every val/ image are kept. A holdout of fraction f <= 20% is then
 a stratified draw of f/20% of each class of that 20%, drawn `--draws` times. Per fraction: Spearman's rank
@@ -34,9 +35,9 @@ FRACTIONS = (0.05, 0.1, 0.15, 0.2)
 TRAINED_FRAC = 0.2
 
 
-def configs(n: int) -> list[tuple[str, dict]]:
+def configs(n: int, leaderboard: str) -> list[tuple[str, dict]]:
     """(trial id, searched keys) of the real search's leaderboard: its top four, then n - 4 spread below."""
-    with open(RESULTS / "real_quality_search" / "leaderboard.csv") as f:
+    with open(leaderboard) as f:
         rows = [r for r in csv.DictReader(f) if r["accuracy"]]
     space = load("real_cpu")
     picks = rows[:4] + [rows[i] for i in np.linspace(4, len(rows) - 1, n - 4).round().astype(int)]
@@ -64,6 +65,8 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--data", default=str(REAL_DATA))
     p.add_argument("--configs", type=int, default=8)
+    p.add_argument("--leaderboard", default=str(RESULTS / "real_quality_search" / "leaderboard.csv"),
+                   help="a real_cpu search's leaderboard.csv, whose trials' configs are ranked")
     p.add_argument("--draws", type=int, default=500)
     p.add_argument("--epochs", type=int, help="per config (default: the real_cpu search's 10)")
     args = p.parse_args()
@@ -72,7 +75,7 @@ def main():
                                   "split": "holdout", "holdout_frac": TRAINED_FRAC, "tta": False})
     full_idx = index(prepare(base.data), folders_for("val"))
     held, val, ids, t0 = [], [], [], time.perf_counter()
-    for trial, keys in configs(args.configs):
+    for trial, keys in configs(args.configs, args.leaderboard):
         cfg = base.replace(**keys)
         t = time.perf_counter()
         res = train(cfg)

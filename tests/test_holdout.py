@@ -40,8 +40,8 @@ def test_a_class_too_small_for_the_holdout_is_one_clear_line():
 AUDITED = """
 import json, os, sys
 log = os.open(sys.argv[2], os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-sys.addaudithook(lambda event, args: os.write(log, (args[0] + "\\n").encode()) if event == "open" and args and
-                 isinstance(args[0], str) else None)
+sys.addaudithook(lambda event, args: os.write(log, (os.fsdecode(args[0]) + "\\n").encode()) if event == "open"
+                 and args and isinstance(args[0], (str, bytes, os.PathLike)) else None)
 from trainables.config import TrainConfig
 from trainables.data import prepare
 from trainables.train import train

@@ -118,3 +118,13 @@ def test_space_becomes_the_same_optuna_distributions(tmp_path):
 def test_a_search_chooses_on_the_holdout_unless_the_space_says_otherwise():
     assert load("smoke").fixed["split"] == "holdout"
     assert parse({"arch": "tiny", "split": "val"}, "old").fixed["split"] == "val"   # today's behaviour, on request
+
+
+def test_a_search_saved_before_the_holdout_resumes_on_val():
+    from tune.search import Settings
+    old = {"description": "", "search": {}, "arch": "tiny", "lr": {"loguniform": [1e-3, 1e-2]}}
+    s = Settings(space=old, space_name="old", name="old", root="/r", samples=2, max_epochs=2, grace_period=1,
+                 reduction_factor=2)
+    assert s.parsed_space().fixed["split"] == "val"    # its trials were scored on val/, as Ray will rerun them
+    s.space = {**old, "split": "holdout"}
+    assert s.parsed_space().fixed["split"] == "holdout"

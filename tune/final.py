@@ -151,15 +151,16 @@ def main(argv=None):
                      "dir": f"seed-{seed_cfg.seed}"})
     agg = {"config": cfg.to_dict(), "tested_on": tested_on(cfg), "search": search, "repeats": args.repeats,
            "runs": runs}
+    ivs = {}
     for key in ("accuracy", "accuracy_tta"):
         vals = [r[key] for r in runs if r[key] is not None]
         if vals:
-            iv = interval(vals)
+            iv = ivs[key] = interval(vals)
             agg[f"{key}_mean"], agg[f"{key}_std"], agg[f"{key}_ci95"] = iv["mean"], iv["std"], [iv["low"], iv["high"]]
     write_json(out / "metrics.json", agg)
-    line = f"accuracy on {agg['tested_on']} {describe(interval([r['accuracy'] for r in runs]), unit='%')}"
-    if "accuracy_tta_mean" in agg:
-        line += f", with TTA {describe(interval([r['accuracy_tta'] for r in runs]), unit='%')}"
+    line = f"accuracy on {agg['tested_on']} {describe(ivs['accuracy'], unit='%')}"
+    if "accuracy_tta" in ivs:
+        line += f", with TTA {describe(ivs['accuracy_tta'], unit='%')}"
     print(f"{line} over {args.repeats} seeds{versus_search(search, {k: agg.get(f'{k}_mean') for k in ('accuracy', 'accuracy_tta')})}\n"
           f"wrote {out}/metrics.json{reexport(out, search)}")
     return 0

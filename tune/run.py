@@ -185,7 +185,7 @@ def refuse_on_cpus(space, s) -> None:
     from trainables.config import FIELDS
     from tune import resources
     archs = values_of(space, "arch") or [FIELDS["arch"].default]
-    arch = max(archs, key=lambda a: a != "tiny")   # the slowest the search may draw
+    arch = max(archs, key=lambda a: a != "tiny")   # one the search may draw that is not the tiny model
     size = max(values_of(space, "size") or [space.params["size"].values_at_bounds[1]])
     images = max(resources.train_images(d) for d in values_of(space, "data"))
     raise UsageError(f"space {space.name} requires a GPU and its trials would train on CPUs: "

@@ -64,7 +64,8 @@ class Settings:
         return f"{self.storage.rstrip('/')}/{self.name}" if self.storage else str(self.experiment)
 
     def parsed_space(self) -> Space:
-        return parse(self.space, self.space_name)
+        # a search saved before spaces chose on the holdout scored its trials on val/: it resumes so
+        return parse({"split": "val", **self.space}, self.space_name)
 
     def save(self) -> None:
         write_json(self.experiment / SETTINGS_FILE, dataclasses.asdict(self))

@@ -20,8 +20,8 @@ def interval(xs: list[float], level: float = LEVEL) -> dict:
 
 
 def paired(a: dict, b: dict, level: float = LEVEL) -> dict:
-    """a - b over the seeds both have ({seed: value}): each seed's two runs share their data order and
-    initial weights, so the differences vary far less than either config's accuracy does."""
+    """a - b over the seeds both have ({seed: value}): each seed's two runs share their seed, so what the seed
+    does to both cancels in the difference, as far as it does the same to both configs."""
     seeds = sorted(set(a) & set(b))
     if not seeds:
         raise ValueError("no seed in common: a paired comparison needs the same seeds on both sides")
