@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import optuna
@@ -417,18 +418,24 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
 @contextlib.contextmanager
 def ray_cluster(env: dict):
     """A cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU, two workers of
-    8 CPUs and 1 GPU each (logical). Yields its address and the head's node ids."""
+    8 CPUs and 1 GPU each (logical), with token authentication on. Yields its address, the head's node ids
+    and the environment of a driver that has the cluster's token."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**env, "RAY_AUTH_MODE": "disabled"}  # the test cluster's own setting; real ones use tokens
     ray = str(Path(sys.executable).parent / "ray")
     temp = tempfile.mkdtemp(prefix="rt")   # short: Ray's socket paths must fit in 107 characters
+    # token authentication on, as on a real cluster (Ray's guidance: RAY_AUTH_MODE=token on every node); the
+    # driver gets only the token, from where Ray looks for it, and must turn the mode on itself
+    token = Path(temp) / "auth_token"
+    token.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
+    env = {**{k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}, "RAY_AUTH_TOKEN_PATH": str(token)}
+    node_env = {**env, "RAY_AUTH_MODE": "token"}
     small = ["--include-dashboard=false", "--object-store-memory=100000000", "--block"]
     # each in its own process group, stopped by signal: `ray stop` would stop every Ray on this machine
     nodes = [subprocess.Popen([ray, "start", "--head", "--num-cpus=8", "--num-gpus=0", f"--port={port}",
-                               f"--temp-dir={temp}", *small], env=env, stdout=subprocess.DEVNULL,
+                               f"--temp-dir={temp}", *small], env=node_env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         deadline = time.time() + 120
@@ -444,12 +451,12 @@ def ray_cluster(env: dict):
                  "print([n['NodeID'] for n in ray.nodes() if n['Alive'] and not n['Resources'].get('GPU')])" % port)
 
         def alive(n):  # the head's node ids once n nodes are up (a worker started too early gives up)
-            return subprocess.run([sys.executable, "-c", probe, str(n)], env=env, capture_output=True, text=True,
+            return subprocess.run([sys.executable, "-c", probe, str(n)], env=node_env, capture_output=True, text=True,
                                   timeout=180).stdout.strip()
         head_id = alive(1)
         for n in (2, 3):  # one at a time: two started at once on this machine did not both join
             nodes.append(subprocess.Popen([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=8",
-                                           "--num-gpus=1", *small[1:]], env=env, stdout=subprocess.DEVNULL,
+                                           "--num-gpus=1", *small[1:]], env=node_env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, start_new_session=True))
             alive(n)
         yield f"127.0.0.1:{port}", set(eval(head_id)), env
@@ -470,11 +477,18 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     """--address joins a cluster started with `ray start` (ray_cluster). A trial asks what a GPU node holds
     (8 CPUs, 1 GPU), not a share of the cluster's 24 CPUs, so both trials run, one on each GPU node; the code
     ships to the workers, and the storage is checked."""
+    args = ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
+            "--name", "cl", "--address", address_placeholder := "ADDRESS", "--storage", str(tmp_path / "shared"), *FAST]
     with ray_cluster(os.environ) as (address, head_ids, env):
-        r = subprocess.run(RUN + ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1",
-                                  "--searcher", "random", "--name", "cl", "--address", address,
-                                  "--storage", str(tmp_path / "shared"), *FAST],
-                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        args[args.index(address_placeholder)] = address
+        wrong = subprocess.run(RUN + args, cwd=tmp_path, env={**env, "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2},
+                               capture_output=True, text=True, timeout=600)
+        wrote = [p for p in ("shared/cl", "results/cl") if (tmp_path / p).exists()]
+        r = subprocess.run(RUN + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    said = [line for line in wrong.stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert wrong.returncode == 2 and len(said) == 1, wrong.stderr[-3000:]   # Ray's own retries do not show
+    assert "token authentication and refused this driver's token" in wrong.stderr and "RAY_AUTH_TOKEN" in wrong.stderr
+    assert not wrote
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "8 CPU / 1 GPU per trial" in r.stdout
     exp, home = tmp_path / "shared" / "cl", tmp_path / "results" / "cl"

@@ -35,6 +35,8 @@ CLASS_NAMES = {
     "n02115641": "dingo",
 }
 INDEX_VERSION = 1
+TEST_FRAC = 0.2     # of each class of a folder of class folders: its test split, as val/ is
+MIN_PER_CLASS = 4   # images a class needs for that split and a 20% holdout of the rest
 
 
 class DataError(RuntimeError):
@@ -72,8 +74,8 @@ def check(data: str) -> None:
     elif data not in REAL:
         path = Path(data).expanduser().resolve()
         if not path.is_dir():
-            raise DataError(f"data folder not found: {path} (give --data a folder in the Imagenette layout "
-                            f"or one of: synthetic, {', '.join(REAL)})")
+            raise DataError(f"data folder not found: {path} (give --data a folder of class folders, one in the "
+                            f"Imagenette layout, or one of: synthetic, {', '.join(REAL)})")
         check_layout(path)
 
 
@@ -110,11 +112,70 @@ def _fetch_real(name: str) -> Path:
                             "with train/ and val/)") from None
 
 
+def layout(path: Path) -> str:
+    """"imagenette" (train/ and val/, each of class folders) or "classes" (a folder of class folders: a user's
+    own photos, whose test split this module draws). Half of the Imagenette layout is refused."""
+    has = [d for d in ("train", "val") if (path / d).is_dir()]
+    if len(has) == 1:
+        missing = "val" if has == ["train"] else "train"
+        raise DataError(f"{path} has {has[0]}/ but no {missing}/ folder: give both (train/<class>/<image> and "
+                        "val/<class>/<image>), or a folder of class folders (<class>/<image>)")
+    return "imagenette" if has else "classes"
+
+
+def class_images(path: Path) -> dict[str, list[str]]:
+    """{class folder: its images, relative to `path`} of a folder of class folders; images are taken from the
+    class folders themselves (an image's label is the folder that holds it)."""
+    out = {}
+    for d in sorted(p for p in path.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        out[d.name] = sorted(f"{d.name}/{f.name}" for f in d.iterdir()
+                             if f.is_file() and f.suffix.lower() in IMAGE_EXTS)
+    return out
+
+
+def held_for_test(classes: dict[str, list[str]]) -> set[str]:
+    """A folder of class folders has no val/: a stratified TEST_FRAC of each class, drawn by class alone
+    (seeded), plays its part, so adding images to one class does not move another's test images."""
+    test = set()
+    for label, members in classes.items():
+        members = sorted(members)
+        random.Random(f"test:{label}").shuffle(members)
+        test.update(members[:round(TEST_FRAC * len(members))])
+    return test
+
+
 def check_layout(path: Path) -> None:
-    missing = [d for d in ("train", "val") if not (path / d).is_dir()]
-    if missing:
-        raise DataError(f"{path} is not in the Imagenette layout: no {'/ or '.join(missing)}/ folder "
-                        "(expected train/<class>/*.JPEG and val/<class>/*.JPEG)")
+    """One line for a folder that cannot be trained on, before anything is indexed or written."""
+    if layout(path) == "imagenette":
+        return
+    classes = class_images(path)
+    if not any(classes.values()):
+        raise DataError(f"no images found in {path}: give a folder with one folder of images per class "
+                        "(<class>/<image>: .jpg, .jpeg, .png, .bmp or .webp) or the Imagenette layout (train/, val/)")
+    empty = [c for c, files in classes.items() if not files]
+    if empty:
+        raise DataError(f"class folder '{empty[0]}' in {path} has no images" +
+                        (f" (nor do {len(empty) - 1} more)" if len(empty) > 1 else "") +
+                        "; remove it or add images")
+    if len(classes) < 2:
+        raise DataError(f"{path} has one class folder ('{next(iter(classes))}'): a classifier needs at least two")
+    for c, files in classes.items():
+        if len(files) < MIN_PER_CLASS:
+            raise DataError(f"class '{c}' in {path} has {len(files)} image(s): its {TEST_FRAC:.0%} test split "
+                            f"and the search's {TEST_FRAC:.0%} holdout need at least {MIN_PER_CLASS} per class")
+
+
+def describe_folder(data: str) -> str | None:
+    """What was found in a user's folder of class folders, in one line (None for any other dataset)."""
+    if is_name(data):
+        return None
+    path = Path(data).expanduser().resolve()
+    if layout(path) != "classes":
+        return None
+    classes = class_images(path)
+    n, test = sum(map(len, classes.values())), len(held_for_test(classes))
+    return (f"{path}: {n} images in {len(classes)} classes, no val/ folder: a seeded, stratified "
+            f"{TEST_FRAC:.0%} of each class ({test} images) is its test split (split=val), the rest its train/")
 
 
 @dataclass
@@ -123,7 +184,7 @@ class DatasetIndex:
     root: Path
     files: list[str]        # relative to root
     labels: list[str]
-    is_valid: list[bool]    # in val/
+    is_valid: list[bool]    # in val/ (or in the test split of a folder of class folders)
     skipped: list[str]      # unreadable images, relative to root
     fingerprint: str = ""   # of the file names and sizes: caches built from the index key on it
 
@@ -169,7 +230,13 @@ def _cache_key(root: Path) -> str:
     return hashlib.sha1(str(root).encode()).hexdigest()[:16]
 
 
-def _listing(root: Path, folders: tuple[str, ...]) -> list[tuple[str, int]]:
+def _listing(root: Path, folders: tuple[str, ...]) -> tuple[list[tuple[str, int]], set[str]]:
+    """(sorted [(file relative to root, size)], the files of val/ or of the test split) of the folders read."""
+    if layout(root) == "classes":
+        classes = class_images(root)
+        test = held_for_test(classes)
+        keep = [f for files in classes.values() for f in files if ("val" if f in test else "train") in folders]
+        return sorted((f, (root / f).stat().st_size) for f in keep), test
     out = []
     for split in folders:
         for dirpath, _, names in os.walk(root / split):
@@ -177,7 +244,7 @@ def _listing(root: Path, folders: tuple[str, ...]) -> list[tuple[str, int]]:
                 if Path(n).suffix.lower() in IMAGE_EXTS:
                     p = Path(dirpath) / n
                     out.append((str(p.relative_to(root)), p.stat().st_size))
-    return sorted(out)
+    return sorted(out), {f for f, _ in out if Path(f).parts[0] == "val"}
 
 
 def unreadable(files: list[Path]) -> list[str]:
@@ -195,7 +262,7 @@ def index(root: Path, folders: tuple[str, ...] = ("train", "val")) -> DatasetInd
     """The index of the dataset's `folders`, verified once (every image opened) and cached until their files
     change."""
     root = Path(root).resolve()
-    listing = _listing(root, folders)
+    listing, in_val = _listing(root, folders)
     if not listing:
         raise DataError(f"no images found under {' or '.join(f'{root}/{f}' for f in folders)}")
     fingerprint = hashlib.sha1(json.dumps(listing).encode()).hexdigest()
@@ -215,12 +282,15 @@ def index(root: Path, folders: tuple[str, ...] = ("train", "val")) -> DatasetInd
         shown = ", ".join(sorted(skipped)[:3]) + (" ..." if len(skipped) > 3 else "")
         print(f"warning: skipping {len(skipped)} unreadable image(s) in {root}: {shown}", flush=True)
     files = [rel for rel, _ in listing if rel not in skipped]
-    parts = [Path(f).parts for f in files]
-    idx = DatasetIndex(root, files, [class_name(f) for f in files], [p[0] == "val" for p in parts], sorted(skipped),
+    idx = DatasetIndex(root, files, [class_name(f) for f in files], [f in in_val for f in files], sorted(skipped),
                        fingerprint)
-    for name, in_val in (("train", False), ("val", True)):
-        if name in folders and in_val not in idx.is_valid:
-            raise DataError(f"no readable images in {root}/{name}")
+    for name, part in (("train", False), ("val", True)):
+        if name in folders and part not in idx.is_valid:
+            raise DataError(f"no readable images in {root}/{name}" if layout(root) == "imagenette" else
+                            f"no readable images in the {'test' if part else 'training'} split of {root}")
+    lost = sorted({class_name(f) for f, _ in listing} - set(idx.labels))
+    if lost:  # a class of unreadable files only would silently vanish from the classifier
+        raise DataError(f"class '{lost[0]}' in {root} has no readable image; fix or remove its files")
     return idx
 
 

@@ -95,7 +95,10 @@ def train_one(cfg, out: Path, progress: bool, search: dict | None) -> dict:
 
 
 def tested_on(cfg) -> str:
-    return {"val": "val/", "holdout": "a holdout of train/", "random": "a random 20% of all images"}[cfg.split]
+    from trainables.data import TEST_FRAC, is_name, layout
+    own = not is_name(cfg.data) and layout(Path(cfg.data)) == "classes"
+    val = f"its test split (a seeded {TEST_FRAC:.0%} of each class)" if own else "val/"
+    return {"val": val, "holdout": "a holdout of train/", "random": "a random 20% of all images"}[cfg.split]
 
 
 def versus_search(search: dict | None, measured: dict) -> str:
@@ -121,11 +124,13 @@ def main(argv=None):
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1")
     cfg, provenance = resolve_config(args)
-    from trainables.data import folders_for, index, prepare
+    from trainables.data import describe_folder, folders_for, index, prepare
     from trainables.learner import resolve_precision
     from tune.stats import describe, interval
     resolve_precision(cfg.precision)  # what this machine cannot run stops here, before anything is written
     index(prepare(cfg.data), folders_for(cfg.split))  # so does a dataset without readable images
+    if found := describe_folder(cfg.data):
+        print(found, flush=True)
     search = searched(provenance)
     check_same_data(cfg, search)
     if cfg.resize_start is not None and cfg.resize_start < cfg.size and not cfg.progressive:

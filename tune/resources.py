@@ -1,9 +1,12 @@
 """Ray start-up, per-trial resources, shared storage on a cluster and per-node data preparation."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import sys
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -25,14 +28,59 @@ def start_ray(address: str | None) -> None:
         import tune
         # other nodes get the project's code from here, whether or not it is installed there
         env = {"py_modules": [str(Path(m.__file__).parent) for m in (trainables, search_spaces, tune)]}
-        try:
-            ray.init(address=address, log_to_driver=False, runtime_env=env, logging_level=logging.ERROR)
-        except (ConnectionError, RuntimeError, ValueError) as e:
-            raise UsageError(f"cannot join the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
+        use_token_if_found()
+        failed, said = None, ""
+        with stderr_kept() as written:   # Ray's core logs an authentication failure there, once a second
+            try:
+                ray.init(address=address, log_to_driver=False, runtime_env=env, logging_level=logging.ERROR)
+            except (ConnectionError, RuntimeError, ValueError) as e:
+                failed, said = e, written()
+        if failed and "Authentication token is missing or incorrect" in said:
+            sent = ("no token (RAY_AUTH_MODE=disabled is set here)" if os.environ.get("RAY_AUTH_MODE") == "disabled"
+                    else "this driver's token" if token_found() else "a driver with no token")
+            raise UsageError(f"cannot join the Ray cluster at {address}: it uses token authentication and refused "
+                             f"{sent}; give the driver the "
+                             "cluster's token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token; "
+                             "`ray get-auth-token` on the head prints it)")
+        if failed:
+            sys.stderr.write(said)
+            raise UsageError(f"cannot join the Ray cluster at {address}: {str(failed).splitlines()[0]}")
     else:
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
                  logging_level=logging.ERROR)  # Ray's start-up notices would bury a one-line error
+
+
+def token_found() -> bool:
+    """Whether Ray finds a token here: RAY_AUTH_TOKEN, the file at RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token."""
+    from ray._raylet import AuthenticationTokenLoader
+    return AuthenticationTokenLoader.instance().has_token(ignore_auth_mode=True)
+
+
+def use_token_if_found() -> None:
+    """Ray turns token authentication on for a cluster it finds itself (address=auto), not for one at an
+    address: do what it does there, so a driver with the cluster's token joins a cluster that requires it.
+    A token sent to a cluster without authentication is ignored; an explicit RAY_AUTH_MODE is kept."""
+    if os.environ.get("RAY_AUTH_MODE") or not token_found():
+        return
+    from ray._raylet import Config
+    os.environ["RAY_AUTH_MODE"] = "token"
+    Config.initialize("")   # Ray's cached config reads the mode again (as Ray's own _enable_token_auth does)
+
+
+@contextlib.contextmanager
+def stderr_kept():
+    """File descriptor 2 into a temporary file for the block (Ray's C++ core writes there, not to sys.stderr);
+    yields a function that returns what was written."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+") as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield lambda: (tmp.seek(0), tmp.read())[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def nodes() -> list[dict]:
@@ -114,15 +162,20 @@ def check_shared_storage(storage: str) -> None:
                          "give a folder that every node mounts (NFS, a cluster file system)")
 
 
-def prepare(datasets: list[str], splits: list[str], stats: bool, tensor_sizes: list[int]) -> dict:
+def prepare(datasets: list[str], splits: list[str], stats: bool, tensor_sizes: list[int],
+            holdouts: list[tuple[float, int]] = ()) -> dict:
     """Download or generate, verify, measure (normalize=dataset) and decode (pipeline=tensor) the folders of
-    each dataset the splits read. Returns {dataset: {split: fingerprint of the files it reads}}."""
-    from trainables.data import dataset_stats, folders_for, index, prepare as ready, tensor_cache
+    each dataset the splits read, and draw each (holdout_frac, holdout_seed) once, so that a class too small
+    for it is one line here rather than an error in every trial. Returns {dataset: {split: fingerprint of
+    the files it reads}}."""
+    from trainables.data import dataset_stats, folders_for, holdout, index, prepare as ready, tensor_cache
     out = {}
     for d in datasets:
         for split in splits:
             idx = index(ready(d), folders_for(split))
             out.setdefault(d, {})[split] = idx.fingerprint
+            for frac, seed in holdouts if split == "holdout" else ():
+                holdout(idx, seed, frac)
             if stats:
                 dataset_stats(idx)
             for size in tensor_sizes:
@@ -130,12 +183,13 @@ def prepare(datasets: list[str], splits: list[str], stats: bool, tensor_sizes: l
     return out
 
 
-def prepare_everywhere(datasets: list[str], splits: list[str], stats: bool, tensor_sizes: list[int]) -> dict:
+def prepare_everywhere(datasets: list[str], splits: list[str], stats: bool, tensor_sizes: list[int],
+                       holdouts: list[tuple[float, int]] = ()) -> dict:
     """Each node of a cluster prepares every dataset once, before any trial starts."""
     from trainables.data import DataError
     nodes = _alive_nodes()
     try:
-        seen = ray.get([_on_node(n, prepare, datasets, splits, stats, tensor_sizes) for n in nodes])
+        seen = ray.get([_on_node(n, prepare, datasets, splits, stats, tensor_sizes, holdouts) for n in nodes])
     except ray.exceptions.RayTaskError as e:
         if isinstance(e.cause, DataError):
             raise e.cause from None
@@ -154,12 +208,15 @@ KNOWN_TRAIN_IMAGES = {"imagenette": 9469, "imagewoof": 9025}
 
 def train_images(data: str) -> int:
     """How many images train/ holds, without preparing the dataset (a download or generation)."""
-    from trainables.data import IMAGE_EXTS, REAL
+    from trainables.data import IMAGE_EXTS, REAL, class_images, layout, held_for_test
     from trainables.synthetic import WNIDS, SyntheticSpec
     if data in REAL:
         return KNOWN_TRAIN_IMAGES[data.split("-")[0]]
     if data.split(":")[0] == "synthetic":
         return SyntheticSpec.parse(data).train * len(WNIDS)
+    if layout(Path(data)) == "classes":
+        classes = class_images(Path(data))
+        return sum(map(len, classes.values())) - len(held_for_test(classes))
     return sum(Path(n).suffix.lower() in IMAGE_EXTS for _, _, names in os.walk(Path(data) / "train") for n in names)
 
 

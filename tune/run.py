@@ -197,6 +197,7 @@ def preparation(space) -> dict:
     """What trials will need ready on every node: datasets, statistics, a tensor cache per training size."""
     tensor = "tensor" in values_of(space, "pipeline")
     return {"datasets": values_of(space, "data"), "splits": values_of(space, "split"),
+            "holdouts": [(f, s) for f in values_of(space, "holdout_frac") for s in values_of(space, "holdout_seed")],
             "stats": "dataset" in values_of(space, "normalize"),
             "tensor_sizes": sorted(set(values_of(space, "size"))) if tensor else []}
 
@@ -210,7 +211,7 @@ def main(argv=None):
         return 0
 
     import ray
-    from trainables.data import check
+    from trainables.data import check, describe_folder
     from tune import resources
     from tune.export import ExportError, export, print_summary
     from tune.pruning import close_lost
@@ -228,6 +229,8 @@ def main(argv=None):
     data = preparation(space)["datasets"]
     for d in data:  # a missing folder stops here, before Ray starts or anything is written
         check(d)
+        if found := describe_folder(d):
+            print(found, flush=True)
     resources.start_ray(s.address)
     res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial, cluster=bool(s.address))  # and impossible ones
     if not args.resume:
