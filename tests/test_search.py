@@ -543,3 +543,34 @@ def test_logical_gpus_pack_trials_and_each_trial_trains_where_ray_put_it(tmp_pat
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert {(dev, g) for dev, g, *_ in placements(tmp_path / "none").values()} == {("cpu", "")}
+
+
+def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_epoch(tmp_path):
+    r = run(["--space", "smoke", "--samples", "8", "--max-epochs", "4", "--grace-period", "2", "--name", "tb",
+             "--results", str(tmp_path), "--time-budget", "4s", *FAST], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    exp = tmp_path / "tb"
+    assert "time budget 4s (4s left)" in r.stdout
+    # the budget runs out while the first two trials train (a slot frees only after ASHA's grace period): each
+    # stops at the first epoch it ends after the budget, and no other trial starts
+    trials = study(exp).trials
+    assert len(trials) == 2 and len(trial_dirs(exp)) == 2
+    assert "time budget 4s spent: 2 running trial(s) stopped once their epoch ended, 6 of 8 trials never started" \
+        in r.stdout
+    spent = json.loads((exp / "budget.json").read_text())
+    assert spent["limit_s"] == 4 and spent["last_seen"] - spent["started"] >= 4
+    deadline = spent["started"] + 4
+    by_id = {t.user_attrs["ray_trial_id"]: t for t in trials}
+    for d in trial_dirs(exp):
+        rows, t = results_of(d), by_id[d.name]
+        assert t.state.name == "PRUNED" and t.user_attrs["stopped_by"] == "time budget"
+        assert list(t.intermediate_values) == list(range(1, len(rows) + 1)) and len(rows) < 4   # each epoch kept
+        assert rows[-1]["timestamp"] >= int(deadline) and all(r["timestamp"] <= deadline + 1 for r in rows[:-1])
+    assert json.loads((exp / "best_config.json").read_text())["provenance"]["epochs_trained"] >= 1
+
+
+@pytest.mark.parametrize("budget", ["2 hours", "0", "-5m", "1x"])
+def test_a_time_budget_that_is_not_a_duration_is_one_line(tmp_path, budget):
+    r = run(["--space", "smoke", "--time-budget", budget, "--results", str(tmp_path)], tmp_path)
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--time-budget" in r.stderr
+    assert not any(tmp_path.iterdir())

@@ -27,20 +27,24 @@ import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
+from tune.budget import Budget
 from tune.trials import STEP, STUDY_FILE, Experiment, backup_study, fast_commits
 
 
 class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, experiment: str = "",
-                 mirror: bool = False, **kwargs):
+                 mirror: bool = False, budget: str | None = None, **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
         `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py);
         `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
-        `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI."""
+        `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI;
+        `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts."""
         super().__init__(*args, **kwargs)
+        self.budget = budget
         self.experiment = experiment
         self.mirror = mirror
         self.max_epochs = max_epochs
@@ -55,7 +59,12 @@ class TruthfulOptunaSearch(OptunaSearch):
     def _finished(self) -> int:
         return len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
+    def _budget_spent(self) -> bool:
+        return bool(self.budget) and Budget(self.budget).over()
+
     def suggest(self, trial_id):
+        if self._budget_spent():
+            return Searcher.FINISHED
         finished = self._finished() if self.startup else 0
         if self.startup and trial_id not in self._ot_trials and finished < self.startup:
             if finished + len(self._live) >= self.startup:
@@ -155,6 +164,8 @@ class TruthfulOptunaSearch(OptunaSearch):
             # stopped early: the result that made ASHA stop it never reached on_trial_result
             state = TrialState.PRUNED if value is None or self._report(trial_id, result) else None
             if state:
+                if self._budget_spent():  # Ray's stopper, not ASHA, stops every trial that reports after it
+                    ot.set_user_attr("stopped_by", "time budget")
                 self._ot_study.tell(ot, state=state)
         else:
             state = TrialState.FAIL if error or value is None else TrialState.COMPLETE

@@ -45,6 +45,8 @@ def parse_args(argv):
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial; fractions pack trials (default 1 if any)")
     p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (default: the GPU share of the CPUs)")
     p.add_argument("--retries", type=int, default=0, help="retries of a failed trial from its last checkpoint")
+    p.add_argument("--time-budget", metavar="DURATION", help="the time the search may take (7200, 90m, 2h, 1h30m): "
+                   "then no trial starts, running ones finish their epoch, and the search exports")
     p.add_argument("--allow-cpu", action="store_true",
                    help="search a space that requires a GPU (full, leaderboard) on CPUs anyway")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); needs --storage")
@@ -77,6 +79,7 @@ def space_with_overrides(args):
 
 def settings_for(args):
     from search_spaces import judged_before_switch
+    from tune.budget import parse_duration
     from tune.search import Settings
     space = space_with_overrides(args)
     opt = {k: getattr(args, k) if getattr(args, k) is not None else space.search.get(k, default)
@@ -103,7 +106,8 @@ def settings_for(args):
     s = Settings(space=space.to_dict(), space_name=space.name, name=name, root=str(root),
                  seed=args.seed, searcher=args.searcher, scheduler=args.scheduler, concurrent=args.concurrent,
                  gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
-                 retries=args.retries, address=args.address, storage=storage, **opt)
+                 retries=args.retries, address=args.address, storage=storage,
+                 time_budget_s=parse_duration(args.time_budget) if args.time_budget else None, **opt)
     if s.experiment.exists():
         raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
                          f"--resume {s.experiment}")
@@ -213,6 +217,7 @@ def main(argv=None):
     import ray
     from trainables.data import check, describe_folder
     from tune import resources
+    from tune.budget import Budget, shown
     from tune.export import ExportError, export, print_summary
     from tune.pruning import close_lost
     from tune.search import Settings, build_tuner, restore_tuner
@@ -262,10 +267,14 @@ def main(argv=None):
         if s.storage:
             upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE])
         tuner = build_tuner(s, res)
+    budget = Budget.begin(s.experiment, s.time_budget_s) if s.time_budget_s else None
     print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "
-          f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}\n"
-          f"watch it: tensorboard --logdir {s.location}", flush=True)
+          f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}"
+          + (f", time budget {shown(budget.limit_s)} ({shown(budget.left_s())} left)" if budget else "") +
+          f"\nwatch it: tensorboard --logdir {s.location}", flush=True)
     grid = tuner.fit()
+    if budget:
+        budget.seen(force=True)
     exp = Experiment(s.location, home=s.experiment)
     if args.resume:
         exp.drop_replayed_rows()
@@ -276,6 +285,10 @@ def main(argv=None):
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)
+    if budget and budget.over():
+        stopped = [t for t in exp.study().trials if t.user_attrs.get("stopped_by") == "time budget"]
+        print(f"time budget {shown(budget.limit_s)} spent: {len(stopped)} running trial(s) stopped once their epoch "
+              f"ended, {max(0, s.samples - len(grid))} of {s.samples} trials never started", flush=True)
     # Ray takes seconds to stop its processes and the export needs none of them: both at once
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()

@@ -23,6 +23,7 @@ from search_spaces import Space, parse  # noqa: E402
 from trainables.files import write_json  # noqa: E402
 from trainables.tune_report import TuneTrainable  # noqa: E402
 from tune import resources  # noqa: E402
+from tune.budget import BudgetStopper  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
 from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, study_storage, trial_dirname  # noqa: E402
@@ -52,6 +53,7 @@ class Settings:
     address: str | None = None
     storage: str | None = None   # where the trials go: a shared folder or a URI; None: in root too
     datasets: dict | None = None  # {data: {split: fingerprint of the files that split reads}}
+    time_budget_s: float | None = None  # the driver's running time the search may take (tune/budget.py)
 
     @property
     def experiment(self) -> Path:
@@ -115,7 +117,8 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
     # the study stays on the driver's disk (SQLite's locks and WAL do not work on NFS), mirrored to --storage
     storage = study_storage(s.experiment / STUDY_FILE, wal=True)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
-                                startup=startup, wal=True, experiment=s.location, mirror=bool(s.storage))
+                                startup=startup, wal=True, experiment=s.location, mirror=bool(s.storage),
+                                budget=str(s.experiment) if s.time_budget_s else None)
 
 
 def scheduler(s: Settings):
@@ -156,7 +159,8 @@ def build_tuner(s: Settings, res: dict) -> tune.Tuner:
             # the newest checkpoint is all a resume needs; while Ray copies the next one the last stays,
             # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            failure_config=tune.FailureConfig(max_failures=s.retries)),
+            failure_config=tune.FailureConfig(max_failures=s.retries),
+            stop=BudgetStopper(str(s.experiment)) if s.time_budget_s else None),
     )
 
 
