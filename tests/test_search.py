@@ -3,6 +3,7 @@ import contextlib
 import csv
 import json
 import os
+import re
 import shutil
 import signal
 import sqlite3
@@ -60,8 +61,16 @@ def test_smoke_search_completes_and_exports(smoke):
     # TPE's start-up trials are the only random ones, though two run at once
     from tune.search import startup_trials
     assert [bool(t.user_attrs.get("guided")) for t in study(exp).trials].count(False) == startup_trials(8)
-    # the live table with the best so far, and none of fastai's progress bars or epoch tables
-    assert "Current best trial" in r.stdout and "| Trial name" in r.stdout and "accuracy" in r.stdout
+    # the live view: a line of overall progress, then the leading and running trials, in 120 columns; pruned
+    # trials said to be, with their rung; none of Ray's logdir lines, nor fastai's progress bars or tables
+    assert re.search(r"\ntrials: \d completed, \d pruned, 0 errored, 0 running of 8 \| epochs \d+/32 \| "
+                     r"\d+(m \d\ds|s) elapsed, ~0s left\n", r.stdout), r.stdout[-3000:]
+    assert re.search(r"\bpruned@3\s+3\s", r.stdout) and "trial         status     epoch    acc   best  config" in r.stdout
+    lines = r.stdout.splitlines()
+    view = lines[next(i for i, x in enumerate(lines) if x.startswith("watch it:")) + 1:
+                 next(i for i, x in enumerate(lines) if x.startswith("8 trials ("))]
+    assert len(view) > 10 and max(map(len, view)) <= 120
+    assert "Result logdir" not in r.stdout and "Current best trial" not in r.stdout and "192.0.2" not in r.stdout
     assert "█" not in r.stdout and "train_loss  valid_loss" not in r.stdout
     assert len(trial_dirs(exp)) == 8
     best = json.loads((exp / "best_config.json").read_text())
@@ -156,7 +165,7 @@ def test_random_search_without_early_stopping_is_the_baseline(tmp_path):
              "--scheduler", "none", "--name", "base", "--results", str(tmp_path), *FAST], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     exp = tmp_path / "base"
-    assert "random + none" in r.stdout and "FIFO" in r.stdout and "AsyncHyperBand" not in r.stdout
+    assert "random + none" in r.stdout and "pruned@" not in r.stdout
     trials = study(exp).trials
     assert len(trials) == 3 and {t.state.name for t in trials} == {"COMPLETE"}
     assert all(len(results_of(d)) == 2 for d in trial_dirs(exp))
@@ -196,6 +205,21 @@ def test_a_trial_that_raises_is_recorded_and_the_rest_finish(tmp_path):
     # the space leaves the data path to the default, and a trial has 1 CPU: no loader process for fastai's
     assert "pipeline=tensor" in r.stdout
     assert {json.loads((d / "params.json").read_text())["pipeline"] for d in trial_dirs(exp)} == {"tensor"}
+
+
+def test_ctrl_c_says_the_search_was_interrupted_and_how_to_resume_it(tmp_path):
+    args = ["--space", "smoke", "--samples", "6", "--max-epochs", "30", "--grace-period", "30", "--name", "cc",
+            "--results", str(tmp_path / "results"), *FAST]
+    p = subprocess.Popen(RUN + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not any(f.stat().st_size for f in (tmp_path / "results").glob("cc/*/result.json")):
+        time.sleep(0.3)
+    p.send_signal(signal.SIGINT)   # what Ctrl+C sends
+    out, err = p.communicate(timeout=300)
+    assert p.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted: 0 of 6 trials ended, 2 cut short; best so far" in err
+    assert err.strip().splitlines()[-1] == "continue it with: python tune/run.py --resume results/cc"
+    assert "[W " not in err + out and "train it longer" not in out and "nothing to export" not in err
 
 
 def test_killed_search_resumes_without_retraining(tmp_path):
@@ -360,11 +384,73 @@ def test_report_has_real_plots(smoke):
     report = (exp / "report.md").read_text()
     for name in ("learning_curves", "optimization_history", "accuracy_by_parameter", "parallel_coordinates",
                  "parameter_importance"):
-        assert f"(report/{name}.png)" in report, name
         img = np.asarray(Image.open(exp / "report" / f"{name}.png").convert("L"), dtype=float)
+        if name == "parameter_importance" and f"(report/{name}.png)" not in report:   # too few completed
+            assert "(not drawn: " in report and "an importance is noise" in report
+            continue
+        assert f"(report/{name}.png)" in report, name
         assert img.shape[0] >= 300 and img.shape[1] >= 500
         assert img.std() > 10 and (img < 128).mean() > 0.002   # lines and text, not a blank canvas
     assert "optuna-dashboard sqlite:///" in report
+
+
+def overlapping_texts(fig) -> list:
+    """Pairs of visible texts of a figure (tick labels, titles, annotations) whose drawn extents overlap."""
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent"))
+             if t.get_visible() and t.get_text().strip() and t.figure is fig]
+    boxes = [(t.get_text(), t.get_window_extent(r)) for t in texts]
+    return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:]
+            if ba.overlaps(bb) and ba.width and bb.width
+            and not (ba.x0 >= bb.x0 and ba.x1 <= bb.x1 and ba.y0 >= bb.y0 and ba.y1 <= bb.y1)]
+
+
+def test_each_plot_shows_every_trial_labels_its_axes_and_no_text_overlaps(smoke):
+    import matplotlib.pyplot as plt
+    from tune.report import figures, kinds_of
+    from tune.trials import Experiment
+    _, exp = smoke
+    e = Experiment(exp)
+    study_ = e.study()
+    trials = e.trials(study_)
+    figs = figures(trials, kinds_of(e.settings()), study_, "holdout accuracy")
+    pruned = {round(t.value("accuracy"), 6) for t in trials if t.status == "pruned"}
+    assert pruned, "the smoke search should prune"
+    for name, (caption, fig) in figs.items():
+        if isinstance(fig, str):
+            assert name == "parameter_importance" and "not drawn" in fig
+            continue
+        assert not overlapping_texts(fig), (name, overlapping_texts(fig)[:3])
+        for ax in fig.axes:
+            if ax.get_label() == "<colorbar>":
+                continue
+            assert ax.get_xlabel() or ax.get_xticklabels(), name
+            assert ax.collections or ax.lines or ax.patches, f"an empty panel in {name}"   # every panel drawn
+        if name == "optimization_history":
+            ax = fig.axes[0]
+            drawn = {round(float(y), 6) for c in ax.collections for _, y in c.get_offsets()}
+            assert pruned <= drawn and ax.get_ylabel() == "holdout accuracy"
+            assert [t.get_text() for t in ax.get_xticklabels()] == sorted(
+                [t.trial_id for t in trials if t.history], key=lambda i: next(
+                    t.history[0]["timestamp"] - t.history[0]["time_total_s"] for t in trials if t.trial_id == i))
+        if name == "accuracy_by_parameter":
+            assert len(fig.axes) == 5 and {ax.get_xlabel() for ax in fig.axes} >= {"lr (log)", "mixup_alpha"}
+        plt.close(fig)
+
+
+def test_report_html_is_one_self_contained_page(smoke):
+    _, exp = smoke
+    page = (exp / "report.html").read_text()
+    assert page.count("data:image/png;base64,") >= 4 and "<script>" in page and "src=\"http" not in page
+    best = json.loads((exp / "best_config.json").read_text())["config"]
+    assert html_unescape(page.split("<pre id='config'>")[1].split("</pre>")[0]) == json.dumps(best, indent=2)
+    assert page.count("<tr>") == 1 + len(trial_dirs(exp))   # the header and every trial
+
+
+def html_unescape(s: str) -> str:
+    import html
+    return html.unescape(s)
 
 
 def test_export_again_with_best_ever_scope_and_the_config_round_trips_through_final(smoke, tmp_path):

@@ -69,7 +69,7 @@ def write_leaderboard(trials: list[Trial], path: Path, metric: str = "accuracy")
 def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> dict:
     """Writes the export into the experiment's home folder, and mirrors it where the trials are."""
     from trainables.provenance import git_commit, versions
-    from tune.report import write_report
+    from tune.report import kinds_of, write_report
     if not exp.exists():
         raise ExportError(f"no experiment at {exp.location}")
     experiment = exp.home
@@ -86,7 +86,7 @@ def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> di
         "versions": versions(), "git_commit": git_commit(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(experiment / "best_config.json", {"config": best.config, "provenance": provenance})
-    write_report(experiment, trials, best, provenance, study)
+    write_report(experiment, trials, best, provenance, study, kinds_of(exp.settings()))
     if experiment != Path(exp.path):  # the trials are elsewhere (--storage): mirror it there
         upload(experiment, exp.fs, exp.path, EXPORT_FILES)
     return {"best": best, "provenance": provenance, "trials": trials}

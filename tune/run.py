@@ -285,16 +285,23 @@ def main(argv=None):
     if grid.errors:
         print(f"{len(grid.errors)} trial(s) failed; their errors are in {s.experiment}/<trial>/error.txt",
               flush=True)
-    if budget and budget.over():
-        stopped = [t for t in exp.study().trials if t.user_attrs.get("stopped_by") == "time budget"]
+    study = exp.study()
+    spent = bool(budget and budget.over())
+    if spent:
+        stopped = [t for t in study.trials if t.user_attrs.get("stopped_by") == "time budget"]
         print(f"time budget {shown(budget.limit_s)} spent: {len(stopped)} running trial(s) stopped once their epoch "
               f"ended, {max(0, s.samples - len(grid))} of {s.samples} trials never started", flush=True)
+    # Ray catches Ctrl+C itself, saves its state and returns: what is left open in the study tells
+    cut = [t for t in study.trials if t.state.name == "RUNNING"] if study else []
+    interrupted = bool(cut) or (len(grid) < s.samples and not spent)
     # Ray takes seconds to stop its processes and the export needs none of them: both at once
     stopping = threading.Thread(target=ray.shutdown)
     stopping.start()
     try:
         summary = export(exp)
     except ExportError as e:
+        if interrupted:
+            return say_interrupted(s, cut, None)
         print(f"nothing to export: {e}", file=sys.stderr)
         return 1
     except Exception as e:  # the search itself is safe on disk: say so and how to export again
@@ -303,8 +310,24 @@ def main(argv=None):
         return 1
     finally:
         stopping.join()
+    if interrupted:
+        return say_interrupted(s, cut, summary)
     print_summary(summary, s.experiment)
     return 0
+
+
+def say_interrupted(s, cut: list, summary: dict | None) -> int:
+    """An interrupted search says so, what it has so far and how to go on; not what a finished one says."""
+    from tune.cli import shown
+    ended = sum(n for st, n in summary["provenance"]["trials"].items() if st != "unfinished") if summary else 0
+    so_far = ""
+    if summary:
+        p = summary["provenance"]
+        so_far = (f"; best so far {summary['best'].trial_id} with {p['metric']} {p['value']:.4f} after "
+                  f"{p['epochs_trained']} epochs (report.md and leaderboard.csv are up to date)")
+    print(f"\ninterrupted: {ended} of {s.samples} trials ended, {len(cut)} cut short{so_far}\n"
+          f"continue it with: python tune/run.py --resume {shown(s.experiment)}", file=sys.stderr, flush=True)
+    return 130
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 
 import optuna  # noqa: E402
 from ray import tune  # noqa: E402
-from ray.tune import CLIReporter  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search_spaces import Space, parse  # noqa: E402
@@ -24,6 +23,7 @@ from trainables.files import write_json  # noqa: E402
 from trainables.tune_report import TuneTrainable  # noqa: E402
 from tune import resources  # noqa: E402
 from tune.budget import BudgetStopper  # noqa: E402
+from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
 from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, study_storage, trial_dirname  # noqa: E402
@@ -128,18 +128,16 @@ def scheduler(s: Settings):
                          reduction_factor=s.reduction_factor, experiment=s.location, home=str(s.experiment))
 
 
-def progress_table(s: Settings) -> CLIReporter:
-    return CLIReporter(parameter_columns=list(s.parsed_space().params),
-                       metric_columns={"epoch": "epoch", "accuracy": "accuracy", "valid_loss": "valid_loss"},
-                       sort_by_metric=True, max_report_frequency=15,
-                       max_progress_rows=25, max_error_rows=5)
+def progress(s: Settings) -> SearchProgress:
+    return SearchProgress(s.name, s.samples, s.max_epochs, list(s.parsed_space().params),
+                          budget=str(s.experiment) if s.time_budget_s else None)
 
 
 def trainable(res: dict):
     return tune.with_resources(TuneTrainable, res)
 
 
-def build_tuner(s: Settings, res: dict) -> tune.Tuner:
+def build_tuner(s: Settings, res: dict, reporter: SearchProgress | None = None) -> tune.Tuner:
     """A new search; `res` is one trial's resources (tune.resources.per_trial). On one machine as many trials
     run at once as it holds. On a cluster up to twice what its nodes hold now (at least TPE's start-up
     count): Ray places what it can and the rest wait PENDING, which is what an autoscaler scales on, while
@@ -155,7 +153,7 @@ def build_tuner(s: Settings, res: dict) -> tune.Tuner:
                                     # the trainer frees its memory when a trial ends or is stopped
                                     reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=s.name, storage_path=s.storage or s.root, progress_reporter=progress_table(s), verbose=1,
+            name=s.name, storage_path=s.storage or s.root, progress_reporter=reporter or progress(s), verbose=1,
             # the newest checkpoint is all a resume needs; while Ray copies the next one the last stays,
             # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

@@ -10,7 +10,7 @@
         error.txt          the traceback of a trial that raised
         checkpoint_NNNNNN/ the newest checkpoint Ray keeps while the trial runs (trainables/train.py writes
                            it); a completed trial keeps its last weights, a stopped one none
-      best_config.json, leaderboard.csv, report.md, report/   what tune/export.py writes
+      best_config.json, leaderboard.csv, report.md, report.html, report/   what tune/export.py writes
 
 A search with `--storage` (a folder every node of a cluster mounts, or a URI pyarrow takes, such as
 s3://bucket/prefix) has two places: the trials and Ray's state at <storage>/<name>, and the driver's home,
@@ -45,7 +45,7 @@ CHECKPOINT_PREFIX = "checkpoint_"
 STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
 
 
-EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report")
+EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report.html", "report")
 
 
 def study_storage(db: Path, wal: bool = False):
