@@ -117,8 +117,13 @@ def test_asha_stops_trials_and_optuna_records_them_pruned_with_intermediate_valu
     for t in pruned:
         assert t.intermediate_values and max(t.intermediate_values) < SMOKE_EPOCHS
         assert t.value == t.intermediate_values[max(t.intermediate_values)]
-    for t in complete:
-        assert sorted(t.intermediate_values)[:SMOKE_EPOCHS - 1] == list(range(1, SMOKE_EPOCHS))
+        assert t.user_attrs["status"] == f"pruned by ASHA at its rung at epoch {max(t.intermediate_values)}"
+    for t in complete:   # every epoch, the last one too (optuna-dashboard draws them)
+        assert sorted(t.intermediate_values) == list(range(1, SMOKE_EPOCHS + 1))
+        assert t.intermediate_values[SMOKE_EPOCHS] == t.value and t.user_attrs["status"] == "completed"
+    for t in trials:
+        assert t.user_attrs["epochs"] == max(t.intermediate_values) and t.user_attrs["ray_trial_id"]
+    assert study(exp).metric_names == ["accuracy"]   # not optuna-dashboard's "Objective 0"
     # Ray's folders agree with the study on how far each trial got
     epochs = {d.name: len(results_of(d)) for d in trial_dirs(exp)}
     for t in trials:
@@ -144,20 +149,74 @@ def test_a_finished_search_keeps_one_checkpoint_per_completed_trial_and_none_of_
 def test_every_trial_has_tensorboard_accuracy_per_epoch_and_hparams(smoke):
     from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
     from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from trainables.board import SCALARS
     _, exp = smoke
     searched = {"lr", "mixup_alpha", "label_smoothing", "resize_start", "resize_frac"}
     for d in trial_dirs(exp):
-        accuracy, hparams = [], set()
+        accuracy, hparams, tags = [], set(), set()
         for f in d.glob("events.out.tfevents.*"):
             for event in EventFileLoader(str(f)).Load():
                 for v in event.summary.value:
-                    if v.tag == "ray/tune/accuracy":
+                    tags.add(v.tag)
+                    if v.tag == "accuracy":
                         accuracy.append(event.step)
                     if v.tag == "_hparams_/session_start_info":
                         hparams |= set(HParamsPluginData.FromString(v.metadata.plugin_data.content)
                                        .session_start_info.hparams)
-        assert len(accuracy) == len(results_of(d)) >= 1
-        assert searched <= hparams
+        assert accuracy == [r["epoch"] for r in results_of(d)] and accuracy   # one point per epoch, at its epoch
+        assert searched | {"status"} <= hparams
+        plain = {t for t in tags if not t.startswith("_hparams_/")}
+        assert plain <= set(SCALARS) | {"summary/best_accuracy", "summary/epochs", "summary/train_s"}, plain
+
+
+def test_tensorboard_serves_one_hparams_table_with_every_trial_and_its_status(smoke):
+    """TensorBoard itself, started on the search's folder as a user does, read through its HTTP API."""
+    import socket
+    import urllib.request
+    from trainables.board import METRICS
+    _, exp = smoke
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    board = subprocess.Popen([str(Path(sys.executable).parent / "tensorboard"), "--logdir", str(exp), "--host",
+                              "127.0.0.1", "--port", str(port), "--reload_interval", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def ask(path, body=None):
+        req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode() if body
+                                     else None, headers={"Content-Type": "application/json"})
+        return json.loads(urllib.request.urlopen(req, timeout=30).read())
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                tags = ask("/data/plugin/scalars/tags")
+                if len(tags) >= len(trial_dirs(exp)):
+                    break
+            except OSError:
+                pass
+            assert time.time() < deadline and board.poll() is None, "tensorboard did not come up"
+            time.sleep(1)
+        experiment = ask("/data/plugin/hparams/experiment", {"experimentName": ""})
+        groups = ask("/data/plugin/hparams/session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 1000,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"],
+            "colParams": [{"hparam": "status", "includeInResult": True}]})["sessionGroups"]
+    finally:
+        board.terminate()
+        board.wait(30)
+    assert not any(t.startswith("ray/") for run in tags.values() for t in run)
+    assert {h["name"] for h in experiment["hparamInfos"]} == {"lr", "mixup_alpha", "label_smoothing", "resize_start",
+                                                              "resize_frac", "status"}
+    assert [m["name"]["tag"] for m in experiment["metricInfos"]] == [tag for tag, _ in METRICS]
+    states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study(exp).trials}
+    seen = {g["name"]: g for g in groups}
+    assert set(seen) - {"final"} == {d.name for d in trial_dirs(exp)}   # every trial, each once
+    for name, g in seen.items():
+        assert g["hparams"]["status"] == {"COMPLETE": "completed", "PRUNED": "pruned"}[states[name]]
+        values = {m["name"]["tag"]: m["value"] for m in g["metricValues"]}
+        assert values["summary/epochs"] == len(results_of(exp / name))
+        assert values["accuracy"] == pytest.approx(results_of(exp / name)[-1]["accuracy"])
 
 
 def test_random_search_without_early_stopping_is_the_baseline(tmp_path):
@@ -474,6 +533,19 @@ def test_export_again_with_best_ever_scope_and_the_config_round_trips_through_fi
     assert m["search"]["chosen_on"]["split"] == "holdout" and "warning" not in r.stdout
     assert f"python tune/export.py {exp}" in r.stdout
     assert m["accuracy_tta"] is not None and len(m["history"]) == 2
+    # in TensorBoard beside the trials: the same tags, and a filled row of the HParams table
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
+    from trainables.board import SCALARS
+    board = EventAccumulator(str(out))
+    board.Reload()
+    tags = set(board.Tags()["scalars"])
+    assert {"accuracy", "valid_loss", "accuracy_tta"} <= tags <= set(SCALARS) | {
+        "summary/best_accuracy", "summary/epochs", "summary/train_s"}
+    assert [e.step for e in board.Scalars("accuracy")] == [1, 2] and board.Scalars("summary/epochs")[-1].value == 2
+    start = HParamsPluginData.FromString(board.PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    assert start.session_start_info.hparams["status"].string_value == "completed"
+    assert start.session_start_info.hparams["lr"].number_value == pytest.approx(best["config"]["lr"])
     r = subprocess.run([sys.executable, str(ROOT / "tune" / "export.py"), str(exp), "--metric", "accuracy_tta"],
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr

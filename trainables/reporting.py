@@ -36,21 +36,24 @@ class ConsoleReporter(Reporter):
 
 
 class TensorBoardReporter(Reporter):
-    """Scalars per epoch (step = epoch, as in the search's curves) and the config as HParams at the end."""
+    """A final run in TensorBoard as a search's trials are (trainables/board.py): the same tags per epoch
+    (step = epoch), so its curves overlay theirs, and its own row of the HParams table."""
 
     def __init__(self, logdir: Path, config: dict):
+        import time
+
         from torch.utils.tensorboard import SummaryWriter
         self.writer = SummaryWriter(str(logdir))
         self.config = config
+        self.started = time.time()
 
     def epoch(self, metrics, save):
-        for k, v in metrics.items():
-            if k != "epoch":
-                self.writer.add_scalar(k, v, metrics["epoch"])
-        self.writer.flush()
+        from .board import log_epoch
+        log_epoch(self.writer, metrics)
 
     def end(self, result):
-        hp = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in self.config.items()}
-        final = {f"final/{k}": result[k] for k in ("accuracy", "accuracy_tta") if result.get(k) is not None}
-        self.writer.add_hparams(hp, final, run_name=".")
+        from .board import log_session
+        history = result.get("history") or []
+        log_session(self.writer, self.config, "completed", history,
+                    sum(h.get("epoch_s", 0.0) for h in history) or None, self.started)
         self.writer.close()

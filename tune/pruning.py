@@ -56,6 +56,12 @@ class TruthfulOptunaSearch(OptunaSearch):
         # would never end and hold a start-up slot for ever
         self._live = set()
 
+    def _setup_study(self, mode):
+        super()._setup_study(mode)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # experimental in Optuna: optuna-dashboard names the objective by it
+            self._ot_study.set_metric_names([self.metric])
+
     def _finished(self) -> int:
         return len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
 
@@ -160,15 +166,25 @@ class TruthfulOptunaSearch(OptunaSearch):
         if self._ot_study._storage.get_trial(ot._trial_id).state.is_finished():
             self._completed_trials.add(trial_id)  # the study, ahead of the restored searcher, had closed it
             return None
+        epochs = (result or {}).get(STEP)
         if not error and result and result.get(STEP, self.max_epochs) < self.max_epochs:
             # stopped early: the result that made ASHA stop it never reached on_trial_result
             state = TrialState.PRUNED if value is None or self._report(trial_id, result) else None
             if state:
                 if self._budget_spent():  # Ray's stopper, not ASHA, stops every trial that reports after it
                     ot.set_user_attr("stopped_by", "time budget")
+                    ot.set_user_attr("status", f"stopped by the time budget after epoch {epochs}")
+                else:
+                    ot.set_user_attr("status", f"pruned by ASHA at its rung at epoch {epochs}")
+                ot.set_user_attr("epochs", epochs)
                 self._ot_study.tell(ot, state=state)
         else:
             state = TrialState.FAIL if error or value is None else TrialState.COMPLETE
+            if state == TrialState.COMPLETE:
+                self._report(trial_id, result)  # the last epoch too: it never reached on_trial_result
+            ot.set_user_attr("status", "completed" if state == TrialState.COMPLETE else "errored")
+            if epochs is not None:
+                ot.set_user_attr("epochs", epochs)
             self._ot_study.tell(ot, value if state == TrialState.COMPLETE else None, state=state)
         self._completed_trials.add(trial_id)
         return state

@@ -220,8 +220,9 @@ def main(argv=None):
     from tune.budget import Budget, shown
     from tune.export import ExportError, export, print_summary
     from tune.pruning import close_lost
-    from tune.search import Settings, build_tuner, restore_tuner
-    from tune.trials import SETTINGS_FILE, Experiment, filesystem, upload
+    from trainables.board import experiment_summary, write_events
+    from tune.search import Settings, board_columns, build_tuner, restore_tuner
+    from tune.trials import BOARD_FILE, SETTINGS_FILE, Experiment, filesystem, upload
 
     if args.resume:
         s = Settings.load(home_of(args.resume) if "://" in args.resume else Path(args.resume).expanduser().resolve())
@@ -264,8 +265,9 @@ def main(argv=None):
             raise UsageError(f"{s.experiment} already exists; pick another --name") from None
         s.datasets = fingerprints
         s.save()
+        write_events(s.experiment / BOARD_FILE, experiment_summary(board_columns(s)))
         if s.storage:
-            upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE])
+            upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE, BOARD_FILE])
         tuner = build_tuner(s, res)
     budget = Budget.begin(s.experiment, s.time_budget_s) if s.time_budget_s else None
     print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "

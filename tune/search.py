@@ -4,25 +4,29 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 # Read when Tune's controller starts: snapshot the experiment every 2 s, which bounds what a killed driver
-# loses; use the classic live table; and stay quiet about the snapshot num_to_keep=1 forces after each
+# loses; the classic output flow, the one that takes a progress reporter (tune/progress.py); stay quiet about the snapshot num_to_keep=1 forces after each
 # checkpoint (trials checkpoint rarely: at 16 at once snapshots kept the 2 s rate, benchmarks/driver_loop.py).
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # the loggers are ours to choose: TrialBoard for TBX
 
 import optuna  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search_spaces import Space, parse  # noqa: E402
+from trainables.board import log_epoch, log_session  # noqa: E402
 from trainables.files import write_json  # noqa: E402
 from trainables.tune_report import TuneTrainable  # noqa: E402
 from tune import resources  # noqa: E402
-from tune.budget import BudgetStopper  # noqa: E402
+from tune.budget import Budget, BudgetStopper  # noqa: E402
 from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
@@ -128,6 +132,48 @@ def scheduler(s: Settings):
                          reduction_factor=s.reduction_factor, experiment=s.location, home=str(s.experiment))
 
 
+class TrialBoard(LoggerCallback):
+    """Each trial's TensorBoard events in its folder: the metrics a person compares under plain names, and
+    its HParams row when it ends (trainables/board.py). In place of Ray's TBXLoggerCallback, which logs
+    every key of a result under ray/tune/, Ray's bookkeeping included, and calls every trial a success."""
+
+    def __init__(self, max_epochs: int, budget: str | None):
+        self.max_epochs, self.budget = max_epochs, budget
+        self._writers, self._rows, self._started = {}, {}, {}
+
+    def log_trial_start(self, trial):
+        from torch.utils.tensorboard import SummaryWriter
+        if trial in self._writers:
+            self._writers[trial].close()
+        trial.init_local_path()
+        self._writers[trial] = SummaryWriter(trial.local_path, flush_secs=30)
+        self._rows.setdefault(trial, [])
+        self._started.setdefault(trial, time.time())
+
+    def log_trial_result(self, iteration, trial, result):
+        if trial not in self._writers:
+            self.log_trial_start(trial)
+        if STEP in result:
+            log_epoch(self._writers[trial], result)
+            self._rows[trial].append(result)
+
+    def log_trial_end(self, trial, failed=False):
+        if trial not in self._writers:
+            self.log_trial_start(trial)
+        rows = self._rows.pop(trial, [])
+        epochs = rows[-1][STEP] if rows else 0
+        status = ("errored" if failed else "completed" if epochs >= self.max_epochs
+                  else "stopped" if self.budget and Budget(self.budget).over() else "pruned")
+        log_session(self._writers[trial], trial.config, status, rows,
+                    rows[-1].get("time_total_s") if rows else None, self._started.pop(trial, time.time()))
+        self._writers.pop(trial).close()
+
+
+def board_columns(s: Settings) -> dict:
+    """{searched key: (kind, args)}: the HParams table's parameter columns (trainables/board.py)."""
+    return {k: (d.kind, d.args) for k, d in s.parsed_space().params.items()}
+
+
 def progress(s: Settings) -> SearchProgress:
     return SearchProgress(s.name, s.samples, s.max_epochs, list(s.parsed_space().params),
                           budget=str(s.experiment) if s.time_budget_s else None)
@@ -158,6 +204,8 @@ def build_tuner(s: Settings, res: dict, reporter: SearchProgress | None = None) 
             # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=s.retries),
+            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+                       TrialBoard(s.max_epochs, str(s.experiment) if s.time_budget_s else None)],
             stop=BudgetStopper(str(s.experiment)) if s.time_budget_s else None),
     )
 

@@ -3,6 +3,7 @@
     results/<name>/
       search.json          the search's settings (tune/search.py), so --resume needs nothing else
       budget.json          the time a search with --time-budget has spent (tune/budget.py)
+      events.out.tfevents.hparams   the columns of TensorBoard's HParams table (trainables/board.py)
       optuna.db            the Optuna study
       <trial_id>/          one folder per trial, named by Ray's trial id (trial_dirname)
         params.json        the config Ray gave the trial
@@ -39,6 +40,7 @@ from trainables.reporting import STATE_FILE
 STEP = "epoch"  # the step of every result: not Ray's training_iteration, which restarts after a kill
 SETTINGS_FILE = "search.json"
 BUDGET_FILE = "budget.json"
+BOARD_FILE = "events.out.tfevents.hparams"
 STUDY_FILE = "optuna.db"
 RESULT_FILE, PROGRESS_FILE, PARAMS_FILE, ERROR_FILE = "result.json", "progress.csv", "params.json", "error.txt"
 CHECKPOINT_PREFIX = "checkpoint_"
