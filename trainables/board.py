@@ -44,8 +44,9 @@ def experiment_summary(params: dict):
                                             domain_interval=api_pb2.Interval(min_value=args[0], max_value=args[1])))
     statuses = ListValue()
     statuses.extend(list(STATUSES))
-    infos.append(api_pb2.HParamInfo(name="status", type=api_pb2.DataType.Value("DATA_TYPE_STRING"),
-                                    domain_discrete=statuses))
+    # TensorBoard orders the columns by `differs`, then by name, and shows the first five: status first
+    infos.insert(0, api_pb2.HParamInfo(name="status", type=api_pb2.DataType.Value("DATA_TYPE_STRING"),
+                                       domain_discrete=statuses, differs=True))
     metrics = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=shown) for tag, shown in METRICS]
     experiment = api_pb2.Experiment(hparam_infos=infos, metric_infos=metrics, time_created_secs=time.time())
     return _plugin_summary(metadata.EXPERIMENT_TAG, experiment=experiment)
