@@ -9,7 +9,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-RESULTS = ROOT / "benchmarks" / "results"
+# a run that must not replace the committed results (benchmarks/gpu_session.sh --dry-run) writes elsewhere
+RESULTS = Path(os.environ.get("IMAGENETTE_TUNE_RESULTS", ROOT / "benchmarks" / "results"))
 # Real Imagenette photos sit beside the project on the machines that build it; users pass their own.
 REAL_DATA = Path(os.environ.get("IMAGENETTE_REAL", ROOT.parent / "shared" / "data" / "imagenette2-224sq"))
 

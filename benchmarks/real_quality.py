@@ -1,6 +1,7 @@
 """What the search finds on real photos, against fastbook chapter 7's hand-made ladder at the same budget.
 
 python benchmarks/real_quality.py [--quick] [--data PATH] [--seeds 1 2 3] [--space real_cpu] [--gpus-per-trial G]
+                                  [--samples N] [--rungs K]
 The protocol is clean: everything is chosen on a holdout of train/ (split=holdout, 20% of each class,
 holdout_seed 0) and val/ is the test, read only after the choice, by runs trained on all of train/.
 1. the ladder: baseline, + normalization, + progressive resizing, + label smoothing, + mixup (each rung
@@ -116,6 +117,26 @@ def search(space: str, data: str, quick: bool, results: Path, extra: list) -> tu
     return json.loads((results / "real_quality" / "best_config.json").read_text()), time.perf_counter() - t0
 
 
+def shown_path(p: Path) -> str:
+    return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+
+def epoch_and_checkpoint_s(exp: Path) -> dict:
+    """The search's median epoch against what a checkpoint added to its epoch's report: Ray marks the
+    results that carried one (checkpoint_dir_name); each report's time_this_iter_s beyond its epoch_s is
+    the round trip, plus the checkpoint's write and copy where there was one."""
+    from tune.trials import Experiment
+    rows = [r for t in Experiment(exp).trials() for r in t.history if "epoch_s" in r and "time_this_iter_s" in r]
+    extra = {True: [], False: []}
+    for r in rows:
+        extra[bool(r.get("checkpoint_dir_name"))].append(r["time_this_iter_s"] - r["epoch_s"])
+    med = (lambda xs: statistics.median(xs) if xs else None)
+    with_ck, without = med(extra[True]), med(extra[False])
+    return {"epoch_s_median": med([r["epoch_s"] for r in rows]),
+            "checkpoint_s_median": None if with_ck is None else with_ck - (without or 0.0),
+            "epochs_with_checkpoint": len(extra[True]), "epochs_without": len(extra[False])}
+
+
 def portable(text: str, data: str, tmp: str, name: str) -> str:
     """This machine's paths out of what is committed: the data folder (an absolute path) by `name`, the
     temporary search by its results/ name."""
@@ -163,6 +184,8 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", help="seeds of every rung and of the searched config")
     p.add_argument("--space", default="real_cpu", help="the search space; its fixed keys are every run's budget")
     p.add_argument("--gpus-per-trial", type=float, help="passed to the search (e.g. 0.25: four trials per GPU)")
+    p.add_argument("--samples", type=int, help="the search's trials (default: the space's)")
+    p.add_argument("--rungs", type=int, help="only the ladder's first N rungs (a session too short for all five)")
     p.add_argument("--reuse-ladder", action="store_true",
                    help="take the ladder's rows from the last results of this benchmark when their budget, seeds "
                         "and protocol are these (the ladder is seeded: it trains the same again)")
@@ -183,7 +206,7 @@ def main():
         name = "real_quality" + ("" if args.space == "real_cpu" else f"-{Path(args.space).stem}") + \
             ("_quick" if args.quick else "")
         rungs, cfg = [], base
-        for rung, change in ladder(b["size"]):
+        for rung, change in ladder(b["size"])[:args.rungs]:
             cfg = cfg.replace(**change)
             rungs.append((rung, cfg))
         rows = (past_ladder(name, rungs, seeds, label(source) + (" subset" if args.quick else ""), short)
@@ -194,8 +217,10 @@ def main():
                                   cfg.replace(split="val").to_dict()))
 
         print(f"search: tune/run.py --space {args.space}", flush=True)
-        extra = [] if args.gpus_per_trial is None else ["--gpus-per-trial", str(args.gpus_per_trial)]
+        extra = ([] if args.gpus_per_trial is None else ["--gpus-per-trial", str(args.gpus_per_trial)]) + \
+            ([] if args.samples is None else ["--samples", str(args.samples)])
         best, search_s = search(args.space, data, args.quick, Path(tmp) / "results", extra)
+        timing = epoch_and_checkpoint_s(Path(tmp) / "results" / "real_quality")
         assert best["provenance"]["chosen_on"]["split"] == "holdout", "the search must choose on the holdout"
         searched = TrainConfig.from_dict({**best["config"], "epochs": b["epochs"]})
         print(f"searched config (trial {best['provenance']['trial']}): {best['provenance']['searched']}", flush=True)
@@ -228,11 +253,12 @@ def main():
     total_s, gpus = time.perf_counter() - t_start, torch.cuda.device_count()
     budget_info = {**b, "data": label(source) + (" subset" if args.quick else ""),
                    "seeds": seeds, "space": Path(args.space).stem, "gpus_per_trial": args.gpus_per_trial,
-                   "search_trials": 4 if args.quick else load(args.space).search["samples"],
+                   "search_trials": 4 if args.quick else args.samples or load(args.space).search["samples"],
+                   "ladder_rungs": len(rungs), **timing,
                    "search_s": search_s, "total_s": total_s,
                    "gpus": gpus, "search_gpu_hours": search_s * gpus / 3600, "total_gpu_hours": total_s * gpus / 3600}
     save(name, {"protocol": PROTOCOL, "budget": budget_info, "rows": rows, "verdict": verdict,
-                "search_report": str(out_dir.relative_to(ROOT))})
+                "search_report": str(shown_path(out_dir))})
     md = table(rows, f"# Real photos: fastbook's ladder against the searched config\n\nBudget per run: "
                      f"{b['arch']} at {b['size']} px, {b['epochs']} epochs, batch {b['bs']}, {b['pipeline']} data "
                      f"path; seeds {seeds}.\n\nProtocol: chosen on a holdout (split=holdout, 20% of each class of "
@@ -249,7 +275,7 @@ def main():
     md += (f"\nSearched minus the best rung on the holdout ({best_ladder['name']}), on val/: "
            f"{verdict['gain_points']:+.2f} points{ci_text}; target (at least +2 points, interval above zero) "
            f"met: {verdict['target_met']}.\n"
-           f"The search's report: `{out_dir.relative_to(ROOT)}/report.md`.\n")
+           f"The search's report: `{shown_path(out_dir)}/report.md`.\n")
     (RESULTS / f"{name}.md").write_text(md)
     print(md)
 
