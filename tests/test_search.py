@@ -732,3 +732,64 @@ def test_a_time_budget_that_is_not_a_duration_is_one_line(tmp_path, budget):
     r = run(["--space", "smoke", "--time-budget", budget, "--results", str(tmp_path)], tmp_path)
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--time-budget" in r.stderr
     assert not any(tmp_path.iterdir())
+
+
+def folder_digest(path: Path) -> dict:
+    """Every file's hash; not SQLite's side files, which any reader of the study opens (this test's too)."""
+    import hashlib
+    return {str(p.relative_to(path)): hashlib.sha1(p.read_bytes()).hexdigest() for p in sorted(path.rglob("*"))
+            if p.is_file() and not p.name.endswith(("-shm", "-wal"))}
+
+
+def test_warm_start_adds_a_past_search_to_the_study_and_extending_it_adds_trials(smoke, tmp_path):
+    _, source = smoke
+    before = folder_digest(source)
+    old = {t.user_attrs["ray_trial_id"]: t for t in study(source).trials}
+    r = run(["--space", "smoke", "--samples", "3", "--max-epochs", str(SMOKE_EPOCHS), "--name", "warm",
+             "--results", str(tmp_path), "--warm-start", str(source), *FAST], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert folder_digest(source) == before   # the past search is only read
+    done = sum(t.state.name == "COMPLETE" for t in old.values())
+    assert f"warm start from smoke: 8 trials into the study ({done} completed, {8 - done} pruned)" in r.stdout
+    exp = tmp_path / "warm"
+    trials = study(exp).trials
+    warm = [t for t in trials if "warm_start" in t.user_attrs]
+    assert len(warm) == 8 and len(trials) == 11
+    for t in warm:   # as they ended there, with their curves
+        o = old[t.user_attrs["source_trial"]]
+        assert t.state == o.state and t.intermediate_values == o.intermediate_values and t.params == o.params
+    assert all(t.user_attrs["guided"] for t in trials if "warm_start" not in t.user_attrs)   # TPE from the first
+    best = json.loads((exp / "best_config.json").read_text())
+    assert best["provenance"]["warm_start"] == ["smoke"] and best["provenance"]["trial"] not in old
+    assert "started with the trials of smoke" in (exp / "report.md").read_text()
+
+    # extending the finished search: more trials, the same study; nothing else may change
+    r = run(["--resume", str(exp), "--samples", "5"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "extending" in r.stdout and len(trial_dirs(exp)) == 5 and len(study(exp).trials) == 13
+    assert json.loads((exp / "search.json").read_text())["samples"] == 5
+    for args, words in ((["--samples", "4"], "can only add trials"), (["--max-epochs", "9"], "cannot change")):
+        r = run(["--resume", str(exp), *args], tmp_path)
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_warm_start_says_what_it_does_with_each_mismatch(smoke, tmp_path):
+    _, source = smoke
+    space = tmp_path / "narrow.yaml"   # a narrower lr, wd searched (fixed there), other searched keys fixed
+    space.write_text("search: {samples: 2, max_epochs: 3, grace_period: 3}\narch: tiny\nsize: 64\nbs: 32\n"
+                     "pipeline: tensor\nlr: {loguniform: [3.0e-3, 2.0e-2]}\nwd: {loguniform: [1.0e-3, 1.0e-1]}\n")
+    r = run(["--space", str(space), "--name", "mis", "--results", str(tmp_path), "--warm-start", str(source), *FAST],
+            tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    lrs = {t.user_attrs["ray_trial_id"]: t.params["lr"] for t in study(source).trials}
+    inside = {k for k, v in lrs.items() if 3e-3 <= v <= 2e-2}
+    assert f"warm start from smoke: {len(inside)} trials into the study (0 completed, {len(inside)} pruned)" in r.stdout
+    if len(inside) < 8:
+        assert f"{8 - len(inside)} trial(s) left out, with values outside this space" in r.stdout
+    assert f"its trials ran up to {SMOKE_EPOCHS} epochs, this search's up to 3" in r.stdout
+    assert "it searched label_smoothing, mixup_alpha, resize_frac, resize_start, which this space fixes" in r.stdout
+    assert "wd fixed there, searched here" in r.stdout
+    warm = [t for t in study(tmp_path / "mis").trials if "warm_start" in t.user_attrs]
+    assert {t.user_attrs["source_trial"] for t in warm} == inside and all(max(t.intermediate_values) <= 3 for t in warm)
+    r = run(["--space", "smoke", "--name", "no", "--results", str(tmp_path), "--warm-start", str(tmp_path)], tmp_path)
+    assert r.returncode == 2 and "not a search" in r.stderr and not (tmp_path / "no").exists()

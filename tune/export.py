@@ -83,6 +83,7 @@ def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> di
         "value": best.value(metric, scope), "chosen_on": chosen_on(best.config, exp.settings()),
         "epochs_trained": best.epochs, "status": best.status,
         "chosen_from": how, "searched": best.params, "trials": counts,
+        "warm_start": [Path(w).name if "://" not in w else w for w in (exp.settings() or {}).get("warm_start") or []],
         "versions": versions(), "git_commit": git_commit(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(experiment / "best_config.json", {"config": best.config, "provenance": provenance})

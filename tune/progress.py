@@ -41,6 +41,7 @@ class SearchProgress(ProgressReporter):
 
     def setup(self, start_time=None, total_samples=None, metric=None, mode=None, **kwargs):
         self._start = start_time or time.time()
+        self.samples = total_samples or self.samples   # Ray's count: a resumed search may have been extended
 
     def should_report(self, trials, done=False) -> bool:
         return done or time.time() - self._last >= self.every_s

@@ -37,12 +37,14 @@ from tune.trials import STEP, STUDY_FILE, Experiment, backup_study, fast_commits
 
 class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, experiment: str = "",
-                 mirror: bool = False, budget: str | None = None, **kwargs):
+                 mirror: bool = False, budget: str | None = None, warm: list | None = None, **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
         `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py);
         `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
         `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI;
-        `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts."""
+        `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts;
+        `warm`: past trials (FrozenTrials, tune/warm.py) the new study starts with."""
+        self._warm = warm or []
         super().__init__(*args, **kwargs)
         self.budget = budget
         self.experiment = experiment
@@ -61,6 +63,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # experimental in Optuna: optuna-dashboard names the objective by it
             self._ot_study.set_metric_names([self.metric])
+        if self._warm and not self._ot_study.get_trials(deepcopy=False):   # a new study, not a resumed one
+            self._ot_study.add_trials(self._warm)
+        self._warm = []   # in the study now; the searcher's snapshots need not carry them
 
     def _finished(self) -> int:
         return len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))

@@ -215,7 +215,8 @@ def importance_spread(study, rounds: int = 30, seed: int = 0):
     """Optuna's PED-ANOVA importance of each parameter on the completed trials, resampled `rounds` times
     (bootstrap), and what the same count of trials gives when their accuracies are shuffled among them (no
     parameter matters then): {param: (median, 5th, 95th percentile)}, noise's 95th percentile, trial count."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))]
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if "warm_start" not in t.user_attrs]   # this search's own trials, not those it started from
     if len(done) < MIN_FOR_IMPORTANCE:
         return None, None, len(done)
     rng = random.Random(seed)
@@ -367,8 +368,10 @@ def write_report(experiment: Path, trials, best, provenance: dict, study: optuna
     intro = [f"{len(trials)} trials ({counts}). Best: trial {best.trial_id} with {provenance['metric']} "
              f"{provenance['value']:.4f} after {best.epochs} epochs ({provenance['chosen_from']}).",
              f"Every trial's accuracy is measured on {scored_on(provenance.get('chosen_on'))}."]
-    lines = [f"# Search {experiment.name}", "", intro[0].replace(best.trial_id, f"`{best.trial_id}`"), "", intro[1],
-             "", "Train it longer:", "", "```bash",
+    if provenance.get("warm_start"):
+        intro.append(f"The study started with the trials of {', '.join(provenance['warm_start'])} (--warm-start).")
+    lines = [f"# Search {experiment.name}", "", intro[0].replace(best.trial_id, f"`{best.trial_id}`"), "",
+             *[x for p in intro[1:] for x in (p, "")], "Train it longer:", "", "```bash",
              f"python tune/final.py {shown(experiment)}/best_config.json --epochs N", "```", "",
              "## Best config (searched keys)", ""]
     lines += [f"- `{k}` = {v:.4g}" if isinstance(v, float) else f"- `{k}` = {v}"

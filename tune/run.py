@@ -49,6 +49,8 @@ def parse_args(argv):
                    "then no trial starts, running ones finish their epoch, and the search exports")
     p.add_argument("--allow-cpu", action="store_true",
                    help="search a space that requires a GPU (full, leaderboard) on CPUs anyway")
+    p.add_argument("--warm-start", action="append", default=[], metavar="RESULTS/NAME",
+                   help="start knowing the trials of a past search (repeat for several); its folder is only read")
     p.add_argument("--address", help="join a running Ray cluster (e.g. auto); needs --storage")
     p.add_argument("--storage", help="where the trials go: a folder every node sees (NFS), or a URI such as "
                                      "s3://bucket/prefix (the study and export stay in --results, mirrored there)")
@@ -107,7 +109,9 @@ def settings_for(args):
                  seed=args.seed, searcher=args.searcher, scheduler=args.scheduler, concurrent=args.concurrent,
                  gpus_per_trial=args.gpus_per_trial, cpus_per_trial=args.cpus_per_trial,
                  retries=args.retries, address=args.address, storage=storage,
-                 time_budget_s=parse_duration(args.time_budget) if args.time_budget else None, **opt)
+                 time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
+                 warm_start=[w if "://" in w else str(Path(w).expanduser().resolve()) for w in args.warm_start] or None,
+                 **opt)
     if s.experiment.exists():
         raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
                          f"--resume {s.experiment}")
@@ -222,13 +226,17 @@ def main(argv=None):
     from tune.pruning import close_lost
     from trainables.board import experiment_summary, write_events
     from tune.search import Settings, board_columns, build_tuner, restore_tuner
-    from tune.trials import BOARD_FILE, SETTINGS_FILE, Experiment, filesystem, upload
+    from tune.trials import BOARD_FILE, SETTINGS_FILE, Experiment, extend_samples, filesystem, upload
 
     if args.resume:
         s = Settings.load(home_of(args.resume) if "://" in args.resume else Path(args.resume).expanduser().resolve())
-        if args.changed:
+        changed = [c for c in args.changed if c != "--samples"]
+        if changed:
             raise UsageError(f"--resume continues a search with its saved settings (search.json); "
-                             f"{', '.join(args.changed)} cannot change them")
+                             f"{', '.join(changed)} cannot change them (only --samples, to add trials)")
+        if args.samples is not None and args.samples <= s.samples:
+            raise UsageError(f"--resume --samples {args.samples}: the search has {s.samples} trials; "
+                             "--samples can only add trials")
         space = s.parsed_space()
     else:
         s, space = settings_for(args)
@@ -256,9 +264,22 @@ def main(argv=None):
             raise UsageError(f"the data of {s.experiment} changed since the search started "
                              f"({', '.join(d for d in fingerprints if fingerprints[d] != s.datasets.get(d))}); "
                              "a search resumes only on the files it started with")
+        if args.samples is not None:   # the searcher, the study and ASHA's rungs carry on as they were
+            extend_samples(s.location, args.samples)
+            print(f"extending {s.experiment} from {s.samples} to {args.samples} trials", flush=True)
+            s.samples = args.samples
+            s.save()
+            if s.storage:
+                upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE])
         print(f"resuming {s.experiment}", flush=True)
         tuner = restore_tuner(s, res)
     else:
+        warm = []
+        if s.warm_start:   # before anything is written: a folder that is not a search stops here
+            from tune.search import param_space
+            from tune.warm import space_distributions, warm_trials
+            warm, notes = warm_trials(s.warm_start, space_distributions(param_space(s)), s.max_epochs)
+            print("\n".join(notes), flush=True)
         try:
             s.experiment.mkdir(parents=True)
         except FileExistsError:  # another search took the name since the check
@@ -268,7 +289,7 @@ def main(argv=None):
         write_events(s.experiment / BOARD_FILE, experiment_summary(board_columns(s)))
         if s.storage:
             upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE, BOARD_FILE])
-        tuner = build_tuner(s, res)
+        tuner = build_tuner(s, res, warm)
     budget = Budget.begin(s.experiment, s.time_budget_s) if s.time_budget_s else None
     print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "
           f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}"

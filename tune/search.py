@@ -58,6 +58,7 @@ class Settings:
     storage: str | None = None   # where the trials go: a shared folder or a URI; None: in root too
     datasets: dict | None = None  # {data: {split: fingerprint of the files that split reads}}
     time_budget_s: float | None = None  # the driver's running time the search may take (tune/budget.py)
+    warm_start: list | None = None   # the past searches whose trials the study started with (tune/warm.py)
 
     @property
     def experiment(self) -> Path:
@@ -110,7 +111,7 @@ def startup_trials(samples: int) -> int:
     return min(10, max(3, samples // 4))
 
 
-def searcher(s: Settings) -> TruthfulOptunaSearch:
+def searcher(s: Settings, warm: list | None = None) -> TruthfulOptunaSearch:
     startup = startup_trials(s.samples) if s.searcher == "tpe" else 0
     if s.searcher == "tpe":
         # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
@@ -122,7 +123,7 @@ def searcher(s: Settings) -> TruthfulOptunaSearch:
     storage = study_storage(s.experiment / STUDY_FILE, wal=True)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
                                 startup=startup, wal=True, experiment=s.location, mirror=bool(s.storage),
-                                budget=str(s.experiment) if s.time_budget_s else None)
+                                budget=str(s.experiment) if s.time_budget_s else None, warm=warm)
 
 
 def scheduler(s: Settings):
@@ -183,23 +184,24 @@ def trainable(res: dict):
     return tune.with_resources(TuneTrainable, res)
 
 
-def build_tuner(s: Settings, res: dict, reporter: SearchProgress | None = None) -> tune.Tuner:
+def build_tuner(s: Settings, res: dict, warm: list | None = None) -> tune.Tuner:
     """A new search; `res` is one trial's resources (tune.resources.per_trial). On one machine as many trials
     run at once as it holds. On a cluster up to twice what its nodes hold now (at least TPE's start-up
     count): Ray places what it can and the rest wait PENDING, which is what an autoscaler scales on, while
-    waiting trials do not hold configs drawn long before they run (Tune keeps that many pending)."""
+    waiting trials do not hold configs drawn long before they run (Tune keeps that many pending). `warm`: the
+    past trials the study starts with (tune/warm.py)."""
     concurrent = s.concurrent or min(s.samples, max(2 * resources.slots(res), startup_trials(s.samples))
                                      if s.address else resources.slots(res))
     return tune.Tuner(
         trainable(res),
         param_space=param_space(s),
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher(s), scheduler=scheduler(s),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher(s, warm), scheduler=scheduler(s),
                                     num_samples=s.samples, max_concurrent_trials=concurrent,
                                     # a trial's process runs the next one (seconds of start-up saved);
                                     # the trainer frees its memory when a trial ends or is stopped
                                     reuse_actors=True, trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
-            name=s.name, storage_path=s.storage or s.root, progress_reporter=reporter or progress(s), verbose=1,
+            name=s.name, storage_path=s.storage or s.root, progress_reporter=progress(s), verbose=1,
             # the newest checkpoint is all a resume needs; while Ray copies the next one the last stays,
             # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),

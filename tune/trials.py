@@ -50,6 +50,29 @@ STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errore
 EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report.html", "report")
 
 
+SEARCH_STATE_GLOB = "search_gen_state-*.json"   # Ray's own: its search generator's counts, pickled
+
+
+def extend_samples(location: str, samples: int) -> None:
+    """Let a finished or interrupted search create trials up to `samples`: Tuner.restore takes no new
+    num_samples, and Ray's search generator restores its total (and whether it had finished) from its
+    newest state file, so that total is raised there. The searcher, the study and ASHA carry on as saved."""
+    import fnmatch
+    import pickle
+    fs, path = filesystem(location)
+    names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
+                   if fnmatch.fnmatch(Path(i.path).name, SEARCH_STATE_GLOB))
+    if not names:
+        raise FileNotFoundError(f"no {SEARCH_STATE_GLOB} in {location}")
+    with fs.open_input_stream(names[-1]) as f:
+        state = pickle.loads(f.readall())
+    state.update(total_samples=samples, finished=False)
+    tmp = f"{names[-1]}.partial"
+    with fs.open_output_stream(tmp) as f:
+        f.write(pickle.dumps(state))
+    fs.move(tmp, names[-1])
+
+
 def study_storage(db: Path, wal: bool = False):
     """The Optuna storage of a study file; `wal` for the search's own, on a local disk (see fast_commits)."""
     import optuna
