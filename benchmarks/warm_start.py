@@ -1,0 +1,113 @@
+"""Does a warm start (--warm-start) save a search's epochs? python benchmarks/warm_start.py [--seeds 0 1 2]
+
+For each sampler seed and transfer: a source search (one the user already has: its cost is reported,
+not counted), then the target search twice with the same seed, cold and warm-started from the source.
+Both transfers are ones a user makes, on real photos (a stratified subset: 100 training and 30 val/
+images a class) with `real_cpu`'s space cut to 12 trials of at most 6 epochs (grace period 3):
+  same-photos: the same photos at a larger size, 64 px -> 96 px;
+  generated-to-real: the default generated data (at the subset's size) -> the real photos at 64 px, a
+    source whose best config need not be the target's (what a misleading source does).
+The anytime curve counts a trial's accuracy once it completes (benchmarks/search_efficiency.py).
+Target: in every seed the warm search reaches the cold search's final best with at most a third of the
+cold search's epochs, and on average ends no worse. Each seed is saved as it finishes (about 10 minutes a
+seed per transfer on the 2-core CPU): benchmarks/results/warm_start.{json,png}.
+"""
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from common import REAL_DATA, RESULTS, ROOT, real_subset, save
+from search_efficiency import anytime, epochs_to_reach
+
+BUDGET = ["--samples", "12", "--max-epochs", "6", "--grace-period", "3"]
+TRANSFERS = {
+    "same-photos": ("real photos at 64 px -> the same at 96 px", ["--set", "size=64"], ["--set", "size=96"]),
+    "generated-to-real": ("generated data -> real photos, both at 64 px", ["--set", "size=64"], ["--set", "size=64"]),
+}
+
+
+def search(name: str, data: str, seed: int, root: Path, extra: list) -> Path:
+    cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", "real_cpu", "--data", data, "--seed", str(seed),
+           "--name", name, "--results", str(root), *BUDGET, *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode:
+        sys.exit(f"search {name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    return root / name
+
+
+def summarize(rows: list[dict]) -> dict:
+    out = {}
+    for transfer in TRANSFERS:
+        mine = [r for r in rows if r["transfer"] == transfer]
+        if not mine:
+            continue
+        fr = [r["warm_fraction_of_cold_epochs"] for r in mine]
+        out[transfer] = {
+            "seeds": [r["seed"] for r in mine], "warm_fractions_of_cold_epochs": fr,
+            "seeds_within_a_third": sum(f is not None and f <= 1 / 3 for f in fr),
+            "cold_final_best_mean": statistics.mean(r["cold_final_best"] for r in mine),
+            "warm_final_best_mean": statistics.mean(r["warm_final_best"] for r in mine),
+            "source_epochs_mean": statistics.mean(r["source_epochs"] for r in mine),
+            "target_met": all(f is not None and f <= 1 / 3 for f in fr) and statistics.mean(
+                r["warm_final_best"] for r in mine) >= statistics.mean(r["cold_final_best"] for r in mine)}
+    return out
+
+
+def plot(curves: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 4.5), squeeze=False)
+    for ax, (transfer, runs) in zip(axes[0], curves.items()):
+        for i, (kind, curve) in enumerate(runs):
+            xs = [e for e, b in curve if b is not None]
+            ys = [b for e, b in curve if b is not None]
+            ax.step(xs, ys, where="post", color="tab:blue" if kind == "cold" else "tab:orange", alpha=0.8,
+                    label=kind if i < 2 else None)
+        ax.set(xlabel="epochs of the target search", ylabel="best completed accuracy (holdout)",
+               title=TRANSFERS[transfer][0])
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--transfers", nargs="+", choices=list(TRANSFERS), default=list(TRANSFERS))
+    args = p.parse_args()
+    rows, curves = [], {t: [] for t in args.transfers}
+    with tempfile.TemporaryDirectory() as tmp:
+        real = str(real_subset(Path(tmp) / "real", 100, 30, src=REAL_DATA))
+        generated = "synthetic:train=100,val=30,seed=41"
+        for seed in args.seeds:
+            for transfer in args.transfers:
+                _, src_extra, dst_extra = TRANSFERS[transfer]
+                root = Path(tmp) / f"{transfer}-{seed}"
+                source = search("source", generated if transfer == "generated-to-real" else real, seed, root,
+                                src_extra)
+                cold = search("cold", real, seed, root, dst_extra)
+                warm = search("warm", real, seed, root, [*dst_extra, "--warm-start", str(source)])
+                s, c, w = anytime(source), anytime(cold), anytime(warm)
+                target = c[-1][1]
+                reach = epochs_to_reach(w, target)
+                rows.append({"seed": seed, "transfer": transfer, "source_epochs": s[-1][0], "source_best": s[-1][1],
+                             "cold_epochs": c[-1][0], "cold_final_best": target, "warm_epochs": w[-1][0],
+                             "warm_final_best": w[-1][1], "warm_epochs_to_cold_best": reach,
+                             "warm_fraction_of_cold_epochs": None if reach is None else reach / c[-1][0]})
+                curves[transfer] += [("cold", c), ("warm", w)]
+                print(rows[-1], flush=True)
+                save("warm_start", {"subset": "real photos, 100 train + 30 val/ images a class",
+                                    "budget": " ".join(BUDGET), "space": "real_cpu",
+                                    "transfers": {t: TRANSFERS[t][0] for t in args.transfers},
+                                    "rows": rows, "summary": summarize(rows)})
+                plot({t: v for t, v in curves.items() if v}, RESULTS / "warm_start.png")
+
+
+if __name__ == "__main__":
+    main()
