@@ -62,7 +62,7 @@ def test_a_search_listens_beyond_loopback_only_through_ray_with_its_token_on(tmp
     deadline = time.time() + 600
     while p.poll() is None and time.time() < deadline:
         for ip, port, pid in listeners():
-            if (ip, port) not in before and ip not in ("127.0.0.1", "::1"):
+            if (ip, port) not in before:
                 holders.setdefault((ip, port), set()).add(pid)
                 auth.setdefault(pid, environ(pid).get("RAY_AUTH_MODE"))   # as the process was started
                 kinds.setdefault(pid, cmdline(pid))
@@ -74,10 +74,11 @@ def test_a_search_listens_beyond_loopback_only_through_ray_with_its_token_on(tmp
         return kinds[pid].startswith("ray::") or f"{RAY_PACKAGE}/" in kinds[pid]
     servers = [pid for pid, c in kinds.items() if "gcs_server" in c or "raylet" in c]
     assert servers, f"no Ray server seen listening: {kinds}"      # the check saw the search's Ray
-    driver = [addr for addr, pids in holders.items() if p.pid in pids]
+    beyond = {addr: pids for addr, pids in holders.items() if addr[0] not in ("127.0.0.1", "::1")}
+    driver = [addr for addr, pids in beyond.items() if p.pid in pids]
     # the driver's only one is the gRPC server of Ray's core worker, which every Ray driver runs
-    assert len(driver) == 1, f"the driver listens on {driver}"
-    for addr, pids in holders.items():
+    assert len(driver) <= 1, f"the driver listens on {driver}"
+    for addr, pids in beyond.items():
         assert addr in driver or any(map(rays, pids)), \
             f"not Ray's, listening on {addr}: {[kinds[pid][:200] for pid in pids]}"
     assert {auth[pid] for pid in servers} == {"token"}, auth   # started by the driver with token authentication on
