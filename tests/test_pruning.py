@@ -243,7 +243,7 @@ def test_a_trial_ray_runs_that_the_searchers_snapshot_missed_is_claimed_back_fro
     restored.on_trial_result("b", {"accuracy": 0.3, "epoch": 1})
     restored.on_trial_complete("b", {"accuracy": 0.6, "epoch": 2})
     b = [t for t in restored._ot_study.trials if t.user_attrs["ray_trial_id"] == "b"][0]
-    assert b.state.name == "COMPLETE" and b.value == 0.6 and b.intermediate_values == {1: 0.3}
+    assert b.state.name == "COMPLETE" and b.value == 0.6 and b.intermediate_values == {1: 0.3, 2: 0.6}
     # the other way round: the study closed "a" after the searcher's snapshot, and Ray brings it back
     s.on_trial_complete("a", {"accuracy": 0.5, "epoch": 2})
     again = searcher()

@@ -33,9 +33,9 @@ class SearchProgress(ProgressReporter):
     (pruned, or by the time budget); `budget`: the driver's folder of a search with --time-budget."""
 
     def __init__(self, name: str, samples: int, max_epochs: int, params: list[str], budget: str | None = None,
-                 every_s: float = 15.0, stream=sys.stdout):
+                 every_s: float = 15.0):
         self.name, self.samples, self.max_epochs, self.params = name, samples, max_epochs, params
-        self.budget, self.every_s, self.stream = budget, every_s, stream
+        self.budget, self.every_s = budget, every_s   # no stream kept: Ray pickles the reporter with the tuner
         self._last = 0.0
         self._start = time.time()
 
@@ -48,8 +48,8 @@ class SearchProgress(ProgressReporter):
 
     def report(self, trials, done, *sys_info):
         self._last = time.time()
-        width = min(WIDTH, shutil.get_terminal_size().columns) if self.stream.isatty() else WIDTH
-        print("\n".join([self.overview(trials), *self.table(trials, width)]) + "\n", file=self.stream, flush=True)
+        width = min(WIDTH, shutil.get_terminal_size().columns) if sys.stdout.isatty() else WIDTH
+        print("\n".join([self.overview(trials), *self.table(trials, width)]) + "\n", flush=True)
 
     def status(self, trial) -> str:
         epochs = self.epochs(trial)

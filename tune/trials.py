@@ -63,7 +63,9 @@ def extend_samples(location: str, samples: int) -> None:
     names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
                    if fnmatch.fnmatch(Path(i.path).name, SEARCH_STATE_GLOB))
     if not names:
-        raise FileNotFoundError(f"no {SEARCH_STATE_GLOB} in {location}")
+        from tune.cli import UsageError
+        raise UsageError(f"{location} cannot be extended: it has no state of Ray's search ({SEARCH_STATE_GLOB}); "
+                         "it never ran, or not as a search of tune/run.py")
     with fs.open_input_stream(names[-1]) as f:
         state = pickle.loads(f.readall())
     state.update(total_samples=samples, finished=False)
