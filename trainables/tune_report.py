@@ -23,8 +23,8 @@ class TuneReporter(Reporter):
     is taken once at least ten times its cost has passed since the last, so saving costs at most about a
     tenth of a trial's time, and a kill loses at most that much training, or one epoch."""
 
-    def __init__(self, placement: dict, epochs: int):
-        self.placement, self.epochs = placement, epochs
+    def __init__(self, placement: dict, epochs: int, held: str | None = None):
+        self.placement, self.epochs, self.held = placement, epochs, held
         self.cost = 0.0                  # seconds the last checkpoint added to its report
         self.plain = 0.0                 # seconds a report without one took (the driver's round trip)
         self.since = time.monotonic()    # when the last checkpoint was done
@@ -35,7 +35,7 @@ class TuneReporter(Reporter):
             tune.report(row)
             self.plain = time.monotonic() - start
             return
-        drop_stale()
+        drop_stale(self.held)
         with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the trial's storage
             save(Path(d))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
@@ -43,19 +43,20 @@ class TuneReporter(Reporter):
         self.cost = max(self.since - start - self.plain, 0.0)
 
 
-def drop_stale() -> None:
-    """Before a checkpoint is reported, keep of the trial's checkpoint folders only the newest whole one (a
-    kill leaves others: a copy cut short, ones Ray's snapshot did not know). Ray holds that one, or it is
-    the copy a resumed trial started from; Ray deletes it once the new one is in."""
+def drop_stale(held: str | None = None) -> None:
+    """Keep of the trial's checkpoint folders only the newest whole one and `held` (a kill leaves others: a
+    copy cut short, ones Ray's snapshot did not know). `held` is the checkpoint Ray restored the trial with:
+    Ray's checkpoint manager deletes it itself once the next one is in, and fails the trial if it is gone
+    by then. The newest is the copy a resumed trial started from, or the last one it reported."""
     storage = tune.get_context().get_storage()
     fs = storage.storage_filesystem
     found = checkpoints(fs, storage.trial_fs_path)
     if len(found) < 2:
         return
     whole = [(st["epoch"], c) for c in found if (st := checkpoint_state(fs, c))]
-    keep = max(whole)[1] if whole else None
+    keep = {max(whole)[1] if whole else None, held.rstrip("/") if held else None}
     for c in found:
-        if c != keep:
+        if c not in keep:
             with contextlib.suppress(FileNotFoundError):
                 fs.delete_dir(c)
 
@@ -92,6 +93,7 @@ def tune_trainable(config: dict) -> None:
                              "node_id": ray.get_runtime_context().get_node_id()}, cfg.epochs)
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()
+    reporter.held = given.path if given else None
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
     fs = storage.storage_filesystem
     found = [tune.Checkpoint(p, filesystem=fs) for p in checkpoints(fs, storage.trial_fs_path)]
@@ -109,11 +111,12 @@ def tune_trainable(config: dict) -> None:
             for i, metrics in enumerate(replay):  # Ray copies the checkpoint of the last row only
                 last = i == len(replay) - 1
                 if last:
-                    drop_stale()
+                    drop_stale(reporter.held)
                 tune.report({**metrics, **reporter.placement},
                             checkpoint=tune.Checkpoint.from_directory(str(local)) if last else None)
             if len(history) < cfg.epochs:
                 train(cfg, [reporter], resume_from=local, **place)
+        drop_stale(reporter.held)   # the copy it resumed from, if no later checkpoint report dropped it
     free_memory()
 
 
