@@ -66,6 +66,13 @@ def epochs_to_reach(curve, target: float) -> int | None:
     return next((e for e, b in curve if b is not None and b >= target - 1e-9), None)
 
 
+def draw_curve(ax, curve, **style) -> None:
+    """An anytime curve as steps, from the first completed trial on."""
+    xs = [e for e, b in curve if b is not None]
+    ys = [b for e, b in curve if b is not None]
+    ax.step(xs, ys, where="post", alpha=0.8, **style)
+
+
 RANDOM = "random search, no early stopping"
 
 
@@ -77,9 +84,7 @@ def plot(results: dict, default_acc: float, path: Path) -> None:
     colours = dict(zip(results, ["tab:gray", "tab:blue", "tab:green", "tab:purple"]))
     for method, per_seed in results.items():
         for i, curve in enumerate(per_seed):
-            xs = [e for e, b in curve if b is not None]
-            ys = [b for e, b in curve if b is not None]
-            ax.step(xs, ys, where="post", color=colours[method], alpha=0.8, label=method if i == 0 else None)
+            draw_curve(ax, curve, color=colours[method], label=method if i == 0 else None)
     ax.axhline(default_acc, color="tab:red", ls="--", label=f"default config ({default_acc:.3f})")
     ax.set(xlabel="epochs consumed by all trials", ylabel="best final validation accuracy so far",
            title="Anytime performance: one line per sampler seed")

@@ -14,15 +14,13 @@ seed per transfer on the 2-core CPU): benchmarks/results/warm_start.{json,png}.
 """
 import argparse
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from common import REAL_DATA, RESULTS, ROOT, real_subset, save
-from search_efficiency import anytime, epochs_to_reach
+from common import REAL_DATA, RESULTS, real_subset, save
+from search_efficiency import anytime, draw_curve, epochs_to_reach, run_search
 
-BUDGET = ["--samples", "12", "--max-epochs", "6", "--grace-period", "3"]
+SAMPLES, BUDGET = 12, ["--max-epochs", "6", "--grace-period", "3"]
 TRANSFERS = {
     "same-photos": ("real photos at 64 px -> the same at 96 px", ["--set", "size=64"], ["--set", "size=96"]),
     "generated-to-real": ("generated data -> real photos, both at 64 px", ["--set", "size=64"], ["--set", "size=64"]),
@@ -30,12 +28,8 @@ TRANSFERS = {
 
 
 def search(name: str, data: str, seed: int, root: Path, extra: list) -> Path:
-    cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", "real_cpu", "--data", data, "--seed", str(seed),
-           "--name", name, "--results", str(root), *BUDGET, *extra]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode:
-        sys.exit(f"search {name} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
-    return root / name
+    """TPE + ASHA on real_cpu's space at BUDGET (search_efficiency's runner), named by `name`."""
+    return run_search("real_cpu", SAMPLES, seed, "tpe", "asha", root, ["--data", data, *BUDGET, *extra], tag=f"-{name}")
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -63,10 +57,7 @@ def plot(curves: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 4.5), squeeze=False)
     for ax, (transfer, runs) in zip(axes[0], curves.items()):
         for i, (kind, curve) in enumerate(runs):
-            xs = [e for e, b in curve if b is not None]
-            ys = [b for e, b in curve if b is not None]
-            ax.step(xs, ys, where="post", color="tab:blue" if kind == "cold" else "tab:orange", alpha=0.8,
-                    label=kind if i < 2 else None)
+            draw_curve(ax, curve, color="tab:blue" if kind == "cold" else "tab:orange", label=kind if i < 2 else None)
         ax.set(xlabel="epochs of the target search", ylabel="best completed accuracy (holdout)",
                title=TRANSFERS[transfer][0])
         ax.grid(alpha=0.3)
@@ -103,7 +94,7 @@ def main():
                 curves[transfer] += [("cold", c), ("warm", w)]
                 print(rows[-1], flush=True)
                 save("warm_start", {"subset": "real photos, 100 train + 30 val/ images a class",
-                                    "budget": " ".join(BUDGET), "space": "real_cpu",
+                                    "budget": " ".join(["--samples", str(SAMPLES), *BUDGET]), "space": "real_cpu",
                                     "transfers": {t: TRANSFERS[t][0] for t in args.transfers},
                                     "rows": rows, "summary": summarize(rows)})
                 plot({t: v for t, v in curves.items() if v}, RESULTS / "warm_start.png")

@@ -46,6 +46,14 @@ def run(main, argv=None) -> int:
         return 130
 
 
+def compact(v, exp_digits: int = 2) -> str:
+    """A value in as few characters as still tell configs apart: 3 significant digits, very small or
+    large floats in exponent form."""
+    if isinstance(v, float):
+        return f"{v:.{exp_digits}e}" if v and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
+    return str(v)
+
+
 def shown(path: Path) -> str:
     """A path as a user types it: relative to the working directory when under it (files stay portable)."""
     path = Path(path).resolve()

@@ -14,18 +14,13 @@ import time
 from ray.tune import ProgressReporter
 
 from tune.budget import Budget, shown
+from tune.cli import compact
+from tune.trials import ended_as
 
 WIDTH = 120           # at most, and less on a narrower terminal
 LEADERS = 5           # the best trials shown besides the running ones
 SHORT = {"label_smoothing": "ls", "mixup_alpha": "mixup", "resize_start": "rs_start", "resize_frac": "rs_frac",
          "normalize": "norm", "holdout_frac": "hold", "min_scale": "min_sc"}
-
-
-def value(v) -> str:
-    """A parameter's value in as few characters as still tell configs apart."""
-    if isinstance(v, float):
-        return f"{v:.2e}" if v and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
-    return str(v)
 
 
 class SearchProgress(ProgressReporter):
@@ -54,7 +49,8 @@ class SearchProgress(ProgressReporter):
     def status(self, trial) -> str:
         epochs = self.epochs(trial)
         if trial.status == "TERMINATED":
-            return "completed" if epochs >= self.max_epochs else f"pruned@{epochs}"
+            ended = ended_as(epochs, self.max_epochs)
+            return ended if ended == "completed" else f"{ended}@{epochs}"
         return {"ERROR": "errored", "RUNNING": "running", "PENDING": "pending", "PAUSED": "paused"}.get(
             trial.status, trial.status.lower())
 
@@ -101,7 +97,7 @@ class SearchProgress(ProgressReporter):
         for t in shown_:
             acc = (t.last_result or {}).get("accuracy")
             b = best(t)
-            cfg = " ".join(f"{SHORT.get(k, k)}={value(t.config.get(k))}" for k in self.params if k in t.config)
+            cfg = " ".join(f"{SHORT.get(k, k)}={compact(t.config.get(k))}" for k in self.params if k in t.config)
             row = (f"{t.trial_id:<14}{self.status(t):<11}{self.epochs(t):>5}"
                    f"{'' if acc is None else f'{acc:.3f}':>7}{'' if b is None else f'{b:.3f}':>7}  {cfg}")
             rows.append(row if len(row) <= width else row[:width - 1] + "…")

@@ -25,7 +25,7 @@ from matplotlib.collections import LineCollection  # noqa: E402
 from matplotlib.ticker import LogLocator, MaxNLocator  # noqa: E402
 
 from trainables.files import write_text  # noqa: E402
-from tune.cli import shown  # noqa: E402
+from tune.cli import compact, shown  # noqa: E402
 
 def scored_on(chosen: dict | None) -> str:
     """What a trial's accuracy was measured on, in words."""
@@ -163,12 +163,6 @@ def _position(value, kind: str, values: list) -> float:
     return 0.5 if hi == lo else (f(value) - lo) / (hi - lo)
 
 
-def short(v) -> str:
-    if isinstance(v, float):
-        return f"{v:.1e}" if v and (abs(v) < 1e-2 or abs(v) >= 1e4) else f"{v:.3g}"
-    return str(v)
-
-
 def parallel_figure(trials, kinds: dict):
     """Every trial that reported across all searched parameters and its accuracy: completed trials coloured
     by accuracy, pruned ones in light grey; each axis says its lowest and highest value."""
@@ -195,7 +189,7 @@ def parallel_figure(trials, kinds: dict):
         if k in kinds and kinds[k] == "choice":
             lo, hi = sorted({str(v) for v in vals})[0], sorted({str(v) for v in vals})[-1]
         else:
-            lo, hi = short(min(vals)), short(max(vals))
+            lo, hi = compact(min(vals), 1), compact(max(vals), 1)
         ax.text(i, -0.04, lo, ha="center", va="top", fontsize=7)
         ax.text(i, 1.04, hi, ha="center", va="bottom", fontsize=7)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right", fontsize=8)

@@ -30,7 +30,7 @@ from tune.budget import Budget, BudgetStopper  # noqa: E402
 from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
-from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, study_storage, trial_dirname  # noqa: E402
+from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, ended_as, study_storage, trial_dirname  # noqa: E402
 
 METRIC, MODE = "accuracy", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -163,8 +163,7 @@ class TrialBoard(LoggerCallback):
             self.log_trial_start(trial)
         rows = self._rows.pop(trial, [])
         epochs = rows[-1][STEP] if rows else 0
-        status = ("errored" if failed else "completed" if epochs >= self.max_epochs
-                  else "stopped" if self.budget and Budget(self.budget).over() else "pruned")
+        status = ended_as(epochs, self.max_epochs, failed, bool(self.budget) and Budget(self.budget).over())
         log_session(self._writers[trial], trial.config, status, rows,
                     rows[-1].get("time_total_s") if rows else None, self._started.pop(trial, time.time()))
         self._writers.pop(trial).close()

@@ -47,6 +47,13 @@ CHECKPOINT_PREFIX = "checkpoint_"
 STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
 
 
+def ended_as(epochs: int, max_epochs: int, failed: bool = False, budget_spent: bool = False) -> str:
+    """How a trial that Ray ended ended: errored, completed (its whole schedule), stopped by the time
+    budget, or pruned (stopped early by ASHA)."""
+    return ("errored" if failed else "completed" if epochs >= max_epochs
+            else "stopped" if budget_spent else "pruned")
+
+
 EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report.html", "report")
 
 

@@ -29,7 +29,7 @@ def fits(dist, value) -> bool:
         return False
 
 
-def past_trials(location: str, distributions: dict, max_epochs: int, searched_here: set) -> tuple[list, list[str]]:
+def past_trials(location: str, distributions: dict, max_epochs: int) -> tuple[list, list[str]]:
     """(the FrozenTrials to add to the new study, the lines that say what was done) from one past search.
     `distributions`: the new study's {key: Optuna distribution}, as Ray's OptunaSearch converts the space."""
     exp = Experiment(location)
@@ -46,7 +46,7 @@ def past_trials(location: str, distributions: dict, max_epochs: int, searched_he
             study = Experiment(location, home=Path(tmp)).study()
         trials = exp.trials(study)
     from search_spaces import parse
-    theirs = set(parse(settings["space"], settings["space_name"]).params)
+    theirs, searched_here = set(parse(settings["space"], settings["space_name"]).params), set(distributions)
     old_epochs = settings["max_epochs"]
     name = exp.name
     notes, out, outside, unfinished = [], [], [], 0
@@ -92,7 +92,7 @@ def past_trials(location: str, distributions: dict, max_epochs: int, searched_he
 def warm_trials(locations: list[str], distributions: dict, max_epochs: int) -> tuple[list, list[str]]:
     trials, notes = [], []
     for loc in locations:
-        t, n = past_trials(loc, distributions, max_epochs, set(distributions))
+        t, n = past_trials(loc, distributions, max_epochs)
         trials += t
         notes += n
     return trials, notes
