@@ -6,6 +6,7 @@ import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -75,7 +76,12 @@ def kill_when(args, tmp_path, env, ready, every=0.2, timeout=400) -> None:
 
 
 def finished(home: Path, n: int):
-    return lambda: sum(t.state.name in ("COMPLETE", "PRUNED") for t in study(home).trials) >= n
+    """Whether n trials have ended, read without writing: Optuna opening a study file that the driver is
+    still creating can stamp its schema at the same moment, and fail the driver."""
+    def ready():
+        with contextlib.closing(sqlite3.connect(f"file:{home / 'optuna.db'}?mode=ro", uri=True)) as c:
+            return c.execute("select count(*) from trials where state in ('COMPLETE','PRUNED')").fetchone()[0] >= n
+    return ready
 
 
 def search(args, cwd, env, timeout=600):
@@ -95,6 +101,7 @@ def check_agreement(client, name: str, home: Path, epochs: int, from_mirror: boo
     depth = name.count("/") + 1
     trials = sorted({k.split("/")[depth] for k in objects if k.endswith("/params.json")})
     states = {t.user_attrs["ray_trial_id"]: t.state.name for t in study(home).trials}
+    lost = {t.user_attrs["ray_trial_id"] for t in study(home).trials if "lost" in t.user_attrs}
     board = {row["trial_id"]: row for row in csv.DictReader(open(home / "leaderboard.csv"))}
     assert set(trials) == set(board)
     for t in set(trials) - set(states):
@@ -105,6 +112,9 @@ def check_agreement(client, name: str, home: Path, epochs: int, from_mirror: boo
         if t.user_attrs["ray_trial_id"] not in trials:
             assert t.state.name == "FAIL" and "killed" in t.user_attrs["lost"]
     for t in trials:
+        if t in lost:   # it ran after the mirrored snapshot, so the resume never knew it: a new one took its place
+            assert from_mirror and states[t] == "FAIL" and board[t]["error"].startswith("lost: "), t
+            continue
         rows = [json.loads(line) for line in read(client, f"{name}/{t}/result.json").splitlines() if line.strip()]
         assert [r["epoch"] for r in rows] == list(range(1, len(rows) + 1)), t
         assert int(board[t]["epochs"]) == len(rows)
@@ -137,10 +147,11 @@ def test_a_search_on_s3_keeps_trials_there_and_the_study_and_export_mirrored(s3,
     assert mirrored["provenance"]["trials"] == json.loads((home / "best_config.json").read_text())["provenance"]["trials"]
 
 
-# Failed about one run in three on the 2-core machine, at random kill moments. One cause is found and fixed
-# (a resumed trial dropped the checkpoint Ray had restored it with, and Ray's checkpoint manager failed the
-# trial deleting it); the others seen (a resume that hangs, a stopped trial's checkpoint left on S3) are not
-# yet diagnosed, so one rerun before it counts as a failure
+# Failed about one run in three at random kill moments, until the causes found were fixed: the copies on S3
+# of Ray's snapshot, its search generator's state, the study and the trials' logs are uploaded apart, so a
+# kill leaves them a snapshot apart (tune.trials.mend_search_state, tune.pruning.catch_up, RestartedTrials
+# in tune/search.py). Then 6 runs in a row passed (before each fix 1 or 2 in 6 failed); one rerun is kept for kill moments not
+# yet met
 @pytest.mark.flaky(reruns=1)
 def test_a_search_on_s3_killed_mid_way_resumes_from_the_store_alone_and_agrees(s3, tmp_path):
     env, client = s3
@@ -155,7 +166,8 @@ def test_a_search_on_s3_killed_mid_way_resumes_from_the_store_alone_and_agrees(s
     assert f"made the search's folder {home}" in r.stdout
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     trials, _ = check_agreement(client, name, home, 3, from_mirror=True)
-    assert 5 <= len(trials) <= 6
+    lost = {t.user_attrs["ray_trial_id"] for t in study(home).trials if "lost" in t.user_attrs}
+    assert len(set(trials) - lost) == 6   # a trial lost with the snapshot it ran after is run anew
     assert "RUNNING" not in {t.state.name for t in study(home).trials}
 
 
@@ -168,10 +180,11 @@ def test_a_bucket_that_is_not_there_is_one_line_before_anything_starts(s3, tmp_p
     assert len(r.stderr.strip().splitlines()) == 1 and not results.exists()
 
 
-# Failed about one run in three on the 2-core machine, at random kill moments. One cause is found and fixed
-# (a resumed trial dropped the checkpoint Ray had restored it with, and Ray's checkpoint manager failed the
-# trial deleting it); the others seen (a resume that hangs, a stopped trial's checkpoint left on S3) are not
-# yet diagnosed, so one rerun before it counts as a failure
+# Failed about one run in three at random kill moments, until the causes found were fixed: the copies on S3
+# of Ray's snapshot, its search generator's state, the study and the trials' logs are uploaded apart, so a
+# kill leaves them a snapshot apart (tune.trials.mend_search_state, tune.pruning.catch_up, RestartedTrials
+# in tune/search.py). Then 6 runs in a row passed (before each fix 1 or 2 in 6 failed); one rerun is kept for kill moments not
+# yet met
 @pytest.mark.flaky(reruns=1)
 def test_a_cluster_search_on_s3_killed_mid_way_resumes_on_the_cluster(s3, tmp_path):
     """ray_cluster's head and two GPU workers, S3 for storage: the workers write the trials there, the

@@ -6,10 +6,8 @@ import tempfile
 import time
 from pathlib import Path
 
-import pyarrow.fs as pafs
 import ray
 from ray import tune
-from ray.tune.trainable.function_trainable import wrap_function
 
 from tune.trials import checkpoint_state, checkpoints
 
@@ -118,17 +116,4 @@ def tune_trainable(config: dict) -> None:
                 train(cfg, [reporter], resume_from=local, **place)
         drop_stale(reporter.held)   # the copy it resumed from, if no later checkpoint report dropped it
     free_memory()
-
-
-class TuneTrainable(wrap_function(tune_trainable)):
-    """tune_trainable as Ray runs it. Ray refuses to restore a trial whose checkpoint named in its last
-    snapshot is gone, and it can be: Ray deletes the older checkpoint once the next is copied (it keeps
-    one), and a stopped trial's are deleted; such a trial starts without it instead, and tune_trainable
-    takes the newest whole checkpoint in its folder (and ResumableASHA stops a stopped one again)."""
-
-    def restore(self, checkpoint_path):
-        ck = getattr(checkpoint_path, "checkpoint", None)
-        if ck is not None and ck.filesystem.get_file_info(ck.path).type == pafs.FileType.NotFound:
-            return
-        super().restore(checkpoint_path)
 

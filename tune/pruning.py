@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
 from tune.budget import Budget
-from tune.trials import STEP, STUDY_FILE, Experiment, backup_study, fast_commits
+from tune.trials import STEP, STUDY_FILE, Experiment, backup_study, ended_as, fast_commits, ray_snapshot
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -97,11 +97,14 @@ class TruthfulOptunaSearch(OptunaSearch):
     def restore(self, checkpoint_path: str):
         """Ray uploads its own state and the searcher's apart, so after a kill either can be the newer: a
         trial the searcher knows may never run again (run.py closes it as lost when the search ends), and
-        a trial Ray runs may be unknown to the searcher (it is claimed back from the study, _claim)."""
+        a trial Ray runs may be unknown to the study (run.py adds it first: catch_up)."""
         super().restore(checkpoint_path)
         if self.wal:
             fast_commits(self._storage)  # the unpickled storage has a new engine without it
         self._live = set()
+        # the study is the record: the pickled map from Ray's ids to its trials can be from another moment
+        # (on a store the two are uploaded apart), so each trial is claimed back by its Ray id (_claim)
+        self._ot_trials, self._completed_trials = {}, set()
         self._tell_untold()
 
     def _report(self, trial_id, result) -> bool:
@@ -121,13 +124,16 @@ class TruthfulOptunaSearch(OptunaSearch):
         suggest marked it with its Ray id (or take note that the study has closed it)."""
         if trial_id in self._ot_trials or trial_id in self._completed_trials:
             return
-        for t in self._ot_study.get_trials(deepcopy=False):
-            if t.user_attrs.get("ray_trial_id") == trial_id:
-                if t.state == TrialState.RUNNING:
-                    self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, t._trial_id)
-                else:
-                    self._completed_trials.add(trial_id)
-                return
+        if t := self._told(trial_id):
+            if t.state == TrialState.RUNNING:
+                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, t._trial_id)
+            else:
+                self._completed_trials.add(trial_id)
+
+    def _told(self, trial_id):
+        """The study's trial of a Ray trial (suggest marked it with its Ray id), or None."""
+        return next((t for t in self._ot_study.get_trials(deepcopy=False)
+                     if t.user_attrs.get("ray_trial_id") == trial_id), None)
 
     def on_trial_result(self, trial_id, result):
         self._tell_untold()
@@ -140,8 +146,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._claim(trial_id)
         if trial_id in self._completed_trials:  # the study had closed it: it came back after a kill, and its
             # replay may have copied a checkpoint again
-            if trial_id in self._ot_trials and self.experiment and self._ot_study._storage.get_trial(
-                    self._ot_trials[trial_id]._trial_id).state == TrialState.PRUNED:
+            if self.experiment and (t := self._told(trial_id)) and t.state == TrialState.PRUNED:
                 Experiment(self.experiment).delete_checkpoints(trial_id)
             return
         self._untold[trial_id] = (result, error)
@@ -154,6 +159,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         of the error ending the search or (as OptunaSearch does) leaving it RUNNING in the study for ever."""
         for trial_id, (result, error) in list(self._untold.items()):
             try:
+                self._claim(trial_id)
                 state = self._close(trial_id, result, error)
             except SQLAlchemyError as e:
                 print(f"warning: the study could not record the end of trial {trial_id} yet "
@@ -193,6 +199,41 @@ class TruthfulOptunaSearch(OptunaSearch):
             self._ot_study.tell(ot, value if state == TrialState.COMPLETE else None, state=state)
         self._completed_trials.add(trial_id)
         return state
+
+
+def catch_up(study, location: str, metric: str, distributions: dict, max_epochs: int) -> list[str]:
+    """Bring the study and the trials' logs up to Ray's snapshot of the trials, before a resume: on a store,
+    a study remade from its mirror, and a trial's result.json, can be a snapshot older than Ray's state
+    (they are uploaded apart). A trial Ray ended that the study has as RUNNING would stay so for ever (Ray
+    does not run it again), and one the study lacks would never be recorded: each is told from its
+    folder's history, and one that Ray will run again enters RUNNING, marked with its Ray id, for the
+    searcher to claim. An ended trial's log gets the epochs its checkpoint has. Returns the trials mended."""
+    from optuna.trial import create_trial
+    told = {t.user_attrs.get("ray_trial_id"): t for t in study.get_trials(deepcopy=False)}
+    exp, mended = Experiment(location), set()
+    for trial_id, (ray_status, config) in ray_snapshot(location).items():
+        t, ended = told.get(trial_id), ray_status in ("TERMINATED", "ERROR")
+        if ended and exp.mend_history(trial_id):   # Ray will not run it again to rewrite its log
+            mended.add(trial_id)
+        if t is not None and (t.state != TrialState.RUNNING or not ended):
+            continue
+        curve = {h[STEP]: h[metric] for h in exp.history(trial_id) if h.get(metric) is not None}
+        state, value = TrialState.RUNNING, None
+        if ended:
+            status = ended_as(max(curve, default=0), max_epochs, failed=ray_status == "ERROR" or not curve)
+            state = {"completed": TrialState.COMPLETE, "errored": TrialState.FAIL}.get(status, TrialState.PRUNED)
+            value = curve[max(curve)] if state == TrialState.COMPLETE else None
+        if t is None:
+            attrs = {"ray_trial_id": trial_id, **({"status": status, "epochs": max(curve)} if ended and curve else {})}
+            study.add_trial(create_trial(state=state, value=value, params={k: config[k] for k in distributions},
+                                         distributions=distributions, intermediate_values=curve, user_attrs=attrs))
+        else:
+            for step in curve.keys() - t.intermediate_values.keys():
+                study._storage.set_trial_intermediate_value(t._trial_id, step, curve[step])
+            study._storage.set_trial_user_attr(t._trial_id, "status", status)
+            study.tell(t.number, value, state=state)
+        mended.add(trial_id)
+    return sorted(mended)
 
 
 def close_lost(study, known) -> list[str]:

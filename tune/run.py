@@ -223,10 +223,10 @@ def main(argv=None):
     from tune import resources
     from tune.budget import Budget, shown
     from tune.export import ExportError, export, print_summary
-    from tune.pruning import close_lost
+    from tune.pruning import catch_up, close_lost
     from trainables.board import experiment_summary, write_events
     from tune.search import Settings, board_columns, build_tuner, restore_tuner
-    from tune.trials import BOARD_FILE, SETTINGS_FILE, Experiment, extend_samples, filesystem, upload
+    from tune.trials import BOARD_FILE, SETTINGS_FILE, Experiment, filesystem, mend_search_state, upload
 
     if args.resume:
         s = Settings.load(home_of(args.resume) if "://" in args.resume else Path(args.resume).expanduser().resolve())
@@ -264,8 +264,17 @@ def main(argv=None):
             raise UsageError(f"the data of {s.experiment} changed since the search started "
                              f"({', '.join(d for d in fingerprints if fingerprints[d] != s.datasets.get(d))}); "
                              "a search resumes only on the files it started with")
-        if args.samples is not None:   # the searcher, the study and ASHA's rungs carry on as they were
-            extend_samples(s.location, args.samples)
+        # the searcher, the study and ASHA's rungs carry on as they were
+        if lost := mend_search_state(s.location, args.samples):
+            print(f"{lost} trial(s) had started after Ray's last snapshot of the trials and are lost; "
+                  "new ones take their place", flush=True)
+        if study := Experiment(s.location, home=s.experiment).study():
+            from tune.search import METRIC, param_space
+            from tune.warm import space_distributions
+            if behind := catch_up(study, s.location, METRIC, space_distributions(param_space(s)), s.max_epochs):
+                print(f"{len(behind)} trial(s) caught up with Ray's snapshot (their copies were a snapshot "
+                      "older): told from their folders and checkpoints", flush=True)
+        if args.samples is not None:
             print(f"extending {s.experiment} from {s.samples} to {args.samples} trials", flush=True)
             s.samples = args.samples
             s.save()

@@ -17,20 +17,24 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # the loggers are ours to choose: TrialBoard for TBX
 
 import optuna  # noqa: E402
+import pyarrow.fs as pafs  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.train._internal.checkpoint_manager import _CheckpointManager  # noqa: E402
+from ray.tune import Callback  # noqa: E402
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search_spaces import Space, parse  # noqa: E402
 from trainables.board import log_epoch, log_session  # noqa: E402
-from trainables.files import write_json  # noqa: E402
-from trainables.tune_report import TuneTrainable  # noqa: E402
+from trainables.files import write_json, write_text  # noqa: E402
+from trainables.tune_report import tune_trainable  # noqa: E402
 from tune import resources  # noqa: E402
 from tune.budget import Budget, BudgetStopper  # noqa: E402
 from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
-from tune.trials import SETTINGS_FILE, STEP, STUDY_FILE, ended_as, study_storage, trial_dirname  # noqa: E402
+from tune.trials import (PROGRESS_FILE, RESULT_FILE, SETTINGS_FILE, STEP, STUDY_FILE, checkpoint_state,  # noqa: E402
+                         ended_as, read_text, study_storage, trial_dirname, with_history)
 
 METRIC, MODE = "accuracy", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -169,6 +173,34 @@ class TrialBoard(LoggerCallback):
         self._writers.pop(trial).close()
 
 
+class RestartedTrials(Callback):
+    """Mends what Ray gets wrong about a trial that starts again after a kill. Listed before Ray's loggers,
+    which open the trial's files at the same call.
+    - Its checkpoint: Ray restores it from the checkpoint its last snapshot names, and deletes that one once
+      the next is in, failing the trial if it is gone by then. After a kill it can be: Ray keeps one, and may
+      have copied the next and deleted it after its last snapshot. The trial then starts without it (Ray has
+      no setting for this), and tune_trainable takes the newest whole checkpoint in its folder.
+    - Its logs: Ray's loggers append to result.json and progress.csv in the driver's staging folder, which Ray
+      copies over the storage's; a new driver's staging folder is empty (Ray brings down only its own state),
+      so the rows from before the kill would be lost. They are brought down first, and the epochs Ray will
+      not be told again (up to its checkpoint's) that the storage lacks (its copy can be older than Ray's
+      snapshot) are written from the checkpoint's history."""
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        named, fs = trial.latest_checkpoint_result, trial.storage.storage_filesystem
+        told = checkpoint_state(fs, named.checkpoint.path) if named else None
+        if named and fs.get_file_info(named.checkpoint.path).type == pafs.FileType.NotFound:
+            kept = trial.run_metadata.checkpoint_manager
+            trial.run_metadata.checkpoint_manager = _CheckpointManager(kept.checkpoint_config)
+        local = Path(trial.local_path)
+        for name in (RESULT_FILE, PROGRESS_FILE):
+            if not (local / name).exists() and (text := read_text(fs, f"{trial.path}/{name}")):
+                write_text(local / name, text)
+        f = local / RESULT_FILE
+        if told and (text := with_history(f.read_text() if f.exists() else None, told["history"])):
+            write_text(f, text)
+
+
 def board_columns(s: Settings) -> dict:
     """{searched key: (kind, args)}: the HParams table's parameter columns (trainables/board.py)."""
     return {k: (d.kind, d.args) for k, d in s.parsed_space().params.items()}
@@ -180,7 +212,7 @@ def progress(s: Settings) -> SearchProgress:
 
 
 def trainable(res: dict):
-    return tune.with_resources(TuneTrainable, res)
+    return tune.with_resources(tune_trainable, res)
 
 
 def build_tuner(s: Settings, res: dict, warm: list | None = None) -> tune.Tuner:
@@ -205,7 +237,7 @@ def build_tuner(s: Settings, res: dict, warm: list | None = None) -> tune.Tuner:
             # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             failure_config=tune.FailureConfig(max_failures=s.retries),
-            callbacks=[JsonLoggerCallback(), CSVLoggerCallback(),
+            callbacks=[RestartedTrials(), JsonLoggerCallback(), CSVLoggerCallback(),
                        TrialBoard(s.max_epochs, str(s.experiment) if s.time_budget_s else None)],
             stop=BudgetStopper(str(s.experiment)) if s.time_budget_s else None),
     )

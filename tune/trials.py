@@ -58,28 +58,59 @@ EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report.html
 
 
 SEARCH_STATE_GLOB = "search_gen_state-*.json"   # Ray's own: its search generator's counts, pickled
+RAY_STATE_GLOB = "experiment_state-*.json"      # Ray's own: its snapshot of the trials
 
 
-def extend_samples(location: str, samples: int) -> None:
-    """Let a finished or interrupted search create trials up to `samples`: Tuner.restore takes no new
-    num_samples, and Ray's search generator restores its total (and whether it had finished) from its
-    newest state file, so that total is raised there. The searcher, the study and ASHA carry on as saved."""
+def newest(fs: pafs.FileSystem, path: str, pattern: str) -> str | None:
     import fnmatch
+    names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                   if fnmatch.fnmatch(Path(i.path).name, pattern))
+    return names[-1] if names else None
+
+
+def ray_snapshot(location: str) -> dict:
+    """{trial id: (Ray's status, config)} of the trials in Ray's newest snapshot of a search ({}: none)."""
+    fs, path = filesystem(location)
+    snap = newest(fs, path, RAY_STATE_GLOB)
+    trials = [json.loads(t) for t, _ in json.loads(read_text(fs, snap))["trial_data"]] if snap else []
+    return {t["trial_id"]: (t["status"], t["config"]) for t in trials}
+
+
+def mend_search_state(location: str, samples: int | None = None) -> int:
+    """Before a resume, make Ray's search generator agree with Ray's snapshot of the trials, and return how
+    many trials it had counted that the snapshot lacks. Ray saves the two apart (and on object storage
+    uploads them apart), so after a kill they can disagree. The generator's count can include a trial the
+    snapshot never had: Ray would never create that trial again and the search could never finish. Its
+    concurrency limit can list a trial as live that has ended (its place stays taken), or miss one Ray runs
+    (the limit drops the end of a trial it does not list, so the searcher would never hear of it). So the
+    count is set to the snapshot's, the live trials to the snapshot's unfinished ones, and the searcher is
+    asked again. `samples` raises the search's total (Tuner.restore takes no new num_samples)."""
     import pickle
     fs, path = filesystem(location)
-    names = sorted(i.path for i in fs.get_file_info(pafs.FileSelector(path))
-                   if fnmatch.fnmatch(Path(i.path).name, SEARCH_STATE_GLOB))
-    if not names:
+    gen, snap = newest(fs, path, SEARCH_STATE_GLOB), ray_snapshot(location)
+    if not gen or not snap:
+        if samples is None:
+            return 0
         from tune.cli import UsageError
         raise UsageError(f"{location} cannot be extended: it has no state of Ray's search ({SEARCH_STATE_GLOB}); "
                          "it never ran, or not as a search of tune/run.py")
-    with fs.open_input_stream(names[-1]) as f:
+    with fs.open_input_stream(gen) as f:
         state = pickle.loads(f.readall())
-    state.update(total_samples=samples, finished=False)
-    tmp = f"{names[-1]}.partial"
+    live = {t for t, (status, _) in snap.items() if status not in ("TERMINATED", "ERROR")}
+    lost = state["counter"] - len(snap)
+    limiter = state.get("name:ConcurrencyLimiter")
+    if lost == 0 and samples is None and (not limiter or limiter["live_trials"] == live):
+        return 0
+    state["counter"] = len(snap)
+    if limiter:
+        limiter.update(live_trials=live, num_unfinished_live_trials=len(live))
+    if samples is not None:
+        state.update(total_samples=samples, finished=False)
+    tmp = f"{gen}.partial"
     with fs.open_output_stream(tmp) as f:
         f.write(pickle.dumps(state))
-    fs.move(tmp, names[-1])
+    fs.move(tmp, gen)
+    return max(lost, 0)
 
 
 def study_storage(db: Path, wal: bool = False):
@@ -222,6 +253,15 @@ def epoch_rows(text: str | None) -> list[dict]:
     return [rows[e] for e in sorted(rows)]
 
 
+def with_history(text: str | None, history: list[dict]) -> str | None:
+    """A result.json's text with the epochs of a checkpoint's history that it lacks (None: it lacks none).
+    Ray's copy of a trial's log can be older than its snapshot and its checkpoints after a kill."""
+    rows = epoch_rows(text)
+    have = {r[STEP] for r in rows}
+    missing = [h for h in history if h[STEP] not in have]
+    return "".join(json.dumps(r) + "\n" for r in sorted(rows + missing, key=lambda r: r[STEP])) if missing else None
+
+
 @dataclass
 class Trial:
     trial_id: str
@@ -319,8 +359,8 @@ class Experiment:
         from trainables.config import ConfigError, TrainConfig
         settings = self.settings()
         searched = set(parse(settings["space"], settings["space_name"]).params) if settings else set()
-        states = {t.user_attrs["ray_trial_id"]: t.state.name for t in (study.trials if study else [])
-                  if "ray_trial_id" in t.user_attrs}
+        told = {t.user_attrs["ray_trial_id"]: t for t in (study.trials if study else []) if "ray_trial_id" in t.user_attrs}
+        states = {k: t.state.name for k, t in told.items()}
         out = []
         for trial_id in self.trial_ids():
             folder = f"{self.path}/{trial_id}"
@@ -334,13 +374,25 @@ class Experiment:
             err, state = read_text(self.fs, f"{folder}/{ERROR_FILE}"), states.get(trial_id)
             if err is not None or state == "FAIL":
                 lines = (err or "").strip().splitlines()
-                t.status, t.error = "errored", lines[-1] if lines else "failed"
+                lost = told[trial_id].user_attrs.get("lost") if trial_id in told else None
+                t.status, t.error = "errored", lines[-1] if lines else f"lost: {lost}" if lost else "failed"
             elif state in STATUS_OF_OPTUNA:
                 t.status = STATUS_OF_OPTUNA[state]
             elif t.history and t.epochs >= config.get("epochs", 0):
                 t.status = "completed"
             out.append(t)
         return out
+
+    def mend_history(self, trial_id: str) -> bool:
+        """Add to an ended trial's result.json the epochs its newest whole checkpoint has and it lacks."""
+        f = f"{self.path}/{trial_id}"
+        states = [st for c in checkpoints(self.fs, f) if (st := checkpoint_state(self.fs, c))]
+        text = with_history(read_text(self.fs, f"{f}/{RESULT_FILE}"),
+                            max(states, key=lambda st: st["epoch"])["history"]) if states else None
+        if text is not None:
+            with self.fs.open_output_stream(f"{f}/{RESULT_FILE}") as out:
+                out.write(text.encode())
+        return text is not None
 
     def delete_checkpoints(self, trial_id: str) -> int:
         return delete_checkpoints(self.fs, f"{self.path}/{trial_id}")
