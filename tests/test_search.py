@@ -482,8 +482,17 @@ def overlapping_texts(fig) -> list:
     """Pairs of visible texts of a figure (tick labels, titles, annotations) whose drawn extents overlap."""
     fig.canvas.draw()
     r = fig.canvas.get_renderer()
+    undrawn = set()   # labels of ticks outside an axis's view: matplotlib keeps them visible but draws none
+    for ax in fig.axes:
+        for axis in (ax.xaxis, ax.yaxis):
+            lo, hi = sorted(axis.get_view_interval())
+            for locs, ticks in ((axis.get_majorticklocs(), axis.get_major_ticks),
+                                (axis.get_minorticklocs(), axis.get_minor_ticks)):
+                for loc, tick in zip(locs, ticks(len(locs))):
+                    if not lo - 1e-9 * abs(hi - lo) <= loc <= hi + 1e-9 * abs(hi - lo):
+                        undrawn |= {id(tick.label1), id(tick.label2)}
     texts = [t for t in fig.findobj(lambda a: hasattr(a, "get_text") and hasattr(a, "get_window_extent"))
-             if t.get_visible() and t.get_text().strip() and t.figure is fig]
+             if t.get_visible() and t.get_text().strip() and t.figure is fig and id(t) not in undrawn]
     boxes = [(t.get_text(), t.get_window_extent(r)) for t in texts]
     return [(a, b) for i, (a, ba) in enumerate(boxes) for b, bb in boxes[i + 1:]
             if ba.overlaps(bb) and ba.width and bb.width

@@ -22,7 +22,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 from matplotlib.collections import LineCollection  # noqa: E402
-from matplotlib.ticker import LogLocator, MaxNLocator  # noqa: E402
+from matplotlib.ticker import LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
 from trainables.files import write_text  # noqa: E402
 from tune.cli import compact, shown  # noqa: E402
@@ -112,6 +112,7 @@ def _axis(ax, kind: str, which: str = "x") -> None:
     if kind == "loguniform":
         (ax.set_xscale if which == "x" else ax.set_yscale)("log")
         axis.set_major_locator(LogLocator(numticks=4))
+        axis.set_minor_formatter(NullFormatter())   # matplotlib labels minor ticks on short ranges: crowded
     elif kind != "choice":
         axis.set_major_locator(MaxNLocator(4))
 
