@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
 from tune.budget import Budget
-from tune.trials import STEP, STUDY_FILE, Experiment, backup_study, ended_as, fast_commits, ray_snapshot
+from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, backup_study, ended_as, fast_commits, ray_snapshot
 
 
 class TruthfulOptunaSearch(OptunaSearch):
@@ -212,7 +212,7 @@ def catch_up(study, location: str, metric: str, distributions: dict, max_epochs:
     told = {t.user_attrs.get("ray_trial_id"): t for t in study.get_trials(deepcopy=False)}
     exp, mended = Experiment(location), set()
     for trial_id, (ray_status, config) in ray_snapshot(location).items():
-        t, ended = told.get(trial_id), ray_status in ("TERMINATED", "ERROR")
+        t, ended = told.get(trial_id), ray_status in RAY_ENDED
         if ended and exp.mend_history(trial_id):   # Ray will not run it again to rewrite its log
             mended.add(trial_id)
         if t is not None and (t.state != TrialState.RUNNING or not ended):

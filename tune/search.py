@@ -118,7 +118,7 @@ def startup_trials(samples: int) -> int:
 class FixedSpaceTPE(optuna.samplers.TPESampler):
     """TPE over the one space every trial of a search shares (Ray's OptunaSearch asks each trial with the
     same distributions; past trials enter with them too). Optuna works that space out again from every
-    trial at each suggestion: 40% of a suggestion's time at 1,000 trials (benchmarks/searcher_latency.py)."""
+    trial at each suggestion: at 1,000 trials a suggestion took 50 ms with that, 36 ms without (side by side)."""
 
     def __init__(self, space: dict, **kwargs):
         super().__init__(**kwargs)

@@ -59,6 +59,7 @@ EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report.html
 
 SEARCH_STATE_GLOB = "search_gen_state-*.json"   # Ray's own: its search generator's counts, pickled
 RAY_STATE_GLOB = "experiment_state-*.json"      # Ray's own: its snapshot of the trials
+RAY_ENDED = ("TERMINATED", "ERROR")             # the statuses of a trial Ray will not run again
 
 
 def newest(fs: pafs.FileSystem, path: str, pattern: str) -> str | None:
@@ -96,7 +97,7 @@ def mend_search_state(location: str, samples: int | None = None) -> int:
                          "it never ran, or not as a search of tune/run.py")
     with fs.open_input_stream(gen) as f:
         state = pickle.loads(f.readall())
-    live = {t for t, (status, _) in snap.items() if status not in ("TERMINATED", "ERROR")}
+    live = {t for t, (status, _) in snap.items() if status not in RAY_ENDED}
     lost = state["counter"] - len(snap)
     limiter = state.get("name:ConcurrencyLimiter")
     if lost == 0 and samples is None and (not limiter or limiter["live_trials"] == live):
@@ -360,7 +361,6 @@ class Experiment:
         settings = self.settings()
         searched = set(parse(settings["space"], settings["space_name"]).params) if settings else set()
         told = {t.user_attrs["ray_trial_id"]: t for t in (study.trials if study else []) if "ray_trial_id" in t.user_attrs}
-        states = {k: t.state.name for k, t in told.items()}
         out = []
         for trial_id in self.trial_ids():
             folder = f"{self.path}/{trial_id}"
@@ -371,10 +371,11 @@ class Experiment:
                 config = dict(raw, _invalid=str(e))
             t = Trial(trial_id=trial_id, config=config, params={k: raw[k] for k in raw if k in searched},
                       history=self.history(trial_id), checkpoints=checkpoints(self.fs, folder))
-            err, state = read_text(self.fs, f"{folder}/{ERROR_FILE}"), states.get(trial_id)
+            err, ot = read_text(self.fs, f"{folder}/{ERROR_FILE}"), told.get(trial_id)
+            state = ot.state.name if ot else None
             if err is not None or state == "FAIL":
                 lines = (err or "").strip().splitlines()
-                lost = told[trial_id].user_attrs.get("lost") if trial_id in told else None
+                lost = ot.user_attrs.get("lost") if ot else None
                 t.status, t.error = "errored", lines[-1] if lines else f"lost: {lost}" if lost else "failed"
             elif state in STATUS_OF_OPTUNA:
                 t.status = STATUS_OF_OPTUNA[state]
