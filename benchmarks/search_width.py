@@ -1,16 +1,16 @@
 """Does the search stay guided when it is wide? TPE + ASHA, random + ASHA and random search at 2, 8, 16 at once.
 
-python benchmarks/search_width.py [--space small] [--widths 2 8 16] [--seeds 0 1 2]
+python benchmarks/search_width.py [--space small] [--samples 16] [--widths 2 8 16] [--seeds 0 1 2] [--name NAME]
 Each search is `tune/run.py` as a user runs it, with real Ray, Optuna and fastai, on a local Ray given
 W logical CPUs (RAY_OVERRIDE_RESOURCES, Ray's own switch) and one per trial, so W trials run at once on
 this machine's cores: slower per trial, but epochs are what count here. Random search (every trial to
-the end) depends on no width: its 16 configs and their accuracies are the same at any width, so it runs
+the end) depends on no width: its configs and their accuracies are the same at any width, so it runs
 once per seed and sets the bar. Per width and seed: the epochs TPE + ASHA and random + ASHA need to
 reach random search's final best (as a fraction of random search's epochs; the anytime curve of
 benchmarks/search_efficiency.py), their final best, and how many of TPE's trials were guided (chosen by
 the model rather than at random; the study's `guided` attribute). Targets: at 16 at once TPE + ASHA
 reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
-Saves benchmarks/results/search_width.json after every seed.
+Saves benchmarks/results/search_width.json (or NAME.json) after every seed.
 """
 import argparse
 import json
@@ -53,6 +53,7 @@ def main():
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--widths", type=int, nargs="+", default=[2, 8, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--name", default=NAME, help="the results' name, to keep an earlier run's")
     args = p.parse_args()
     rows = []
     t_all = time.perf_counter()
@@ -73,7 +74,7 @@ def main():
                                  "fraction_of_random_epochs": None if reach is None else reach / total,
                                  "guided_trials": guided(exp), "wall_s": wall})
                     print(json.dumps(rows[-1]), flush=True)
-            save(NAME, payload(args, rows, time.perf_counter() - t_all))
+            save(args.name, payload(args, rows, time.perf_counter() - t_all))
 
 
 def payload(args, rows, wall) -> dict:
