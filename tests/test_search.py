@@ -779,8 +779,8 @@ def test_warm_start_adds_a_past_search_to_the_study_and_extending_it_adds_trials
     _, source = smoke
     before = folder_digest(source)
     old = {t.user_attrs["ray_trial_id"]: t for t in study(source).trials}
-    r = run(["--space", "smoke", "--samples", "3", "--max-epochs", str(SMOKE_EPOCHS), "--name", "warm",
-             "--results", str(tmp_path), "--warm-start", str(source), *FAST], tmp_path)
+    r = run(["--space", "smoke", "--samples", "3", "--max-epochs", str(SMOKE_EPOCHS), "--name", "warm",   # its task
+             "--results", str(tmp_path), "--warm-start", str(source), "--data", SMOKE_DATA], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert folder_digest(source) == before   # the past search is only read
     done = sum(t.state.name == "COMPLETE" for t in old.values())
@@ -792,7 +792,15 @@ def test_warm_start_adds_a_past_search_to_the_study_and_extending_it_adds_trials
     for t in warm:   # as they ended there, with their curves
         o = old[t.user_attrs["source_trial"]]
         assert t.state == o.state and t.intermediate_values == o.intermediate_values and t.params == o.params
-    assert all(t.user_attrs["guided"] for t in trials if "warm_start" not in t.user_attrs)   # TPE from the first
+    def rank(t):   # the best first: furthest, then most accurate there
+        step = max(t.intermediate_values)
+        return -step, -t.intermediate_values[step]
+    best_two = [t.user_attrs["ray_trial_id"] for t in sorted(old.values(), key=rank)][:2]
+    new = [t for t in trials if "warm_start" not in t.user_attrs]
+    assert [t.user_attrs.get("source_trial") for t in new[:2]] == best_two   # the source's best two run first
+    assert [t.params for t in new[:2]] == [old[i].params for i in best_two]
+    assert f"its best 2 config(s) run first: {', '.join(best_two)}" in r.stdout
+    assert [t.user_attrs["guided"] for t in new] == [False, False, True]   # then TPE, from the first
     best = json.loads((exp / "best_config.json").read_text())
     assert best["provenance"]["warm_start"] == ["smoke"] and best["provenance"]["trial"] not in old
     assert "started with the trials of smoke" in (exp / "report.md").read_text()
@@ -823,6 +831,10 @@ def test_warm_start_says_what_it_does_with_each_mismatch(smoke, tmp_path):
     assert f"its trials ran up to {SMOKE_EPOCHS} epochs, this search's up to 3" in r.stdout
     assert "it searched label_smoothing, mixup_alpha, resize_frac, resize_start, which this space fixes" in r.stdout
     assert "wd fixed there, searched here" in r.stdout
+    task = next(line for line in r.stdout.splitlines() if "ran another task" in line)
+    assert "enter as pruned, below every completed trial of this search" in task
+    assert f"data ('{FAST[1]}' here) differs in {len(inside)}," in task
+    assert f"mixup_alpha (0.0 here) differs in {len(inside)}" in task
     warm = [t for t in study(tmp_path / "mis").trials if "warm_start" in t.user_attrs]
     assert {t.user_attrs["source_trial"] for t in warm} == inside and all(max(t.intermediate_values) <= 3 for t in warm)
     r = run(["--space", "smoke", "--name", "no", "--results", str(tmp_path), "--warm-start", str(tmp_path)], tmp_path)

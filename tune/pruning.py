@@ -39,14 +39,14 @@ from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, backup_study, e
 
 class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, experiment: str = "",
-                 mirror: bool = False, budget: str | None = None, warm: list | None = None, **kwargs):
+                 mirror: bool = False, budget: str | None = None, warm=None, **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
         `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py);
         `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
         `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI;
         `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts;
-        `warm`: past trials (FrozenTrials, tune/warm.py) the new study starts with."""
-        self._warm = warm or []
+        `warm`: the past trials a new study starts with and the configs it tries first (tune.warm.Warm)."""
+        self._warm = warm
         super().__init__(*args, **kwargs)
         self.budget = budget
         self.experiment = experiment
@@ -66,8 +66,10 @@ class TruthfulOptunaSearch(OptunaSearch):
             warnings.simplefilter("ignore")  # experimental in Optuna: optuna-dashboard names the objective by it
             self._ot_study.set_metric_names([self.metric])
         if self._warm and not self._ot_study.get_trials(deepcopy=False):   # a new study, not a resumed one
-            self._ot_study.add_trials(self._warm)
-        self._warm = []   # in the study now; the searcher's snapshots need not carry them
+            self._ot_study.add_trials(self._warm.trials)
+            for params, attrs in self._warm.first:
+                self._ot_study.enqueue_trial(params, user_attrs=attrs)
+        self._warm = None   # in the study now; the searcher's snapshots need not carry them
 
     def _finished(self) -> int:
         return len(self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
@@ -88,7 +90,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         if trial_id in self._ot_trials:  # lets the study and Ray's trial folders be joined later
             ot = self._ot_trials[trial_id]
             ot.set_user_attr("ray_trial_id", trial_id)
-            ot.set_user_attr("guided", bool(self.startup) and finished >= self.startup)
+            ot.set_user_attr("guided", bool(self.startup) and finished >= self.startup
+                             and "first_from" not in ot.user_attrs)
             self._live.add(trial_id)
         return config
 

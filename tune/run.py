@@ -283,11 +283,12 @@ def main(argv=None):
         print(f"resuming {s.experiment}", flush=True)
         tuner = restore_tuner(s, res)
     else:
-        warm = []
+        warm = None
         if s.warm_start:   # before anything is written: a folder that is not a search stops here
             from tune.search import param_space
             from tune.warm import space_distributions, warm_trials
-            warm, notes = warm_trials(s.warm_start, space_distributions(param_space(s)), s.max_epochs)
+            warm, notes = warm_trials(s.warm_start, space_distributions(param_space(s)), s.max_epochs,
+                                      s.parsed_space().fixed, fingerprints)
             print("\n".join(notes), flush=True)
         try:
             s.experiment.mkdir(parents=True)

@@ -128,7 +128,7 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
         return dict(self._space)
 
 
-def searcher(s: Settings, warm: list | None = None) -> TruthfulOptunaSearch:
+def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
     startup = startup_trials(s.samples) if s.searcher == "tpe" else 0
     if s.searcher == "tpe":
         from tune.warm import space_distributions
@@ -229,7 +229,7 @@ def trainable(res: dict):
     return tune.with_resources(tune_trainable, res)
 
 
-def build_tuner(s: Settings, res: dict, warm: list | None = None) -> tune.Tuner:
+def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
     """A new search; `res` is one trial's resources (tune.resources.per_trial). On one machine as many trials
     run at once as it holds. On a cluster up to twice what its nodes hold now (at least TPE's start-up
     count): Ray places what it can and the rest wait PENDING, which is what an autoscaler scales on, while

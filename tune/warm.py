@@ -1,17 +1,22 @@
 """--warm-start results/<old>: a new search's study starts with the trials of past searches.
 
 Each usable past trial enters the new study as it ended, with its per-epoch accuracies as intermediate
-values: COMPLETE where it completed on the new search's epoch budget, PRUNED (at the last epoch it has
-within that budget) where ASHA stopped it or where it ran on another budget, since its accuracy is not
-what a trial of this search would reach. TPE then models them from the new search's first trial (its
-start-up count is met by finished trials, which these are). Nothing is guessed: a past trial whose value
-of a searched key lies outside the new space is left out, and every such choice is said in one line.
-The past search's folder is only read (its study is read from a copy).
+values. It enters COMPLETE only where it ran this search's task: completed, on the same epoch budget,
+with every key this search fixes at the same value and on the same files. Otherwise it enters PRUNED (at
+its last epoch within this budget): its accuracy is not what a trial of this search would reach, and
+TPE ranks every completed trial of the new search above pruned ones, so the past trials guide the first
+suggestions and the new search's own results take over as they come (the guard against a source whose
+best config is not this task's). TPE models them from the new search's first trial (its start-up count
+is met by finished trials, which these are), and each source's best two configs run first (Optuna's
+enqueue_trial), marked `first_from`. Nothing is guessed: a past trial whose value of a searched key lies
+outside the new space is left out, and every such choice is said in one line. The past search's folder
+is only read (its study is read from a copy).
 """
 from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from optuna.trial import TrialState, create_trial
@@ -20,6 +25,7 @@ from tune.cli import UsageError
 from tune.trials import Experiment
 
 METRIC = "accuracy"
+FIRST = 2   # configs of each source tried first: its best, and a second in case the best was luck
 
 
 def fits(dist, value) -> bool:
@@ -29,9 +35,32 @@ def fits(dist, value) -> bool:
         return False
 
 
-def past_trials(location: str, distributions: dict, max_epochs: int) -> tuple[list, list[str]]:
-    """(the FrozenTrials to add to the new study, the lines that say what was done) from one past search.
-    `distributions`: the new study's {key: Optuna distribution}, as Ray's OptunaSearch converts the space."""
+@dataclass
+class Warm:
+    """What a new study starts with: past trials (FrozenTrials) and the configs to try first."""
+    trials: list = field(default_factory=list)
+    first: list = field(default_factory=list)   # [(params, user_attrs)], in the order to try them
+
+
+# how a trial runs, not what it learns (the data paths agree: benchmarks/pipeline_agreement.py); epochs: apart
+HOW = {"epochs", "tta", "compile", "workers", "precision", "pipeline"}
+
+
+def differences(config: dict, fixed: dict, theirs: dict | None, ours: dict | None) -> list[str]:
+    """How a past trial's task differs from this search's: the keys this search does not search that it had
+    otherwise (`fixed`: their values here, defaults included), and its files: what each differs in."""
+    out = [f"{k} ({v!r} here)" for k, v in fixed.items() if k not in HOW and config.get(k) != v]
+    data = fixed.get("data")
+    if config.get("data") == data and theirs and ours and theirs.get(data) != ours.get(data):
+        out.append(f"the files of {data}")
+    return out
+
+
+def past_trials(location: str, distributions: dict, max_epochs: int, fixed: dict,
+                fingerprints: dict | None = None) -> tuple[list, list, list[str]]:
+    """(the FrozenTrials to add to the new study, the configs to try first, the lines that say what was
+    done) from one past search. `distributions`: the new study's {key: Optuna distribution}, as Ray's
+    OptunaSearch converts the space; `fixed`: the new search's fixed keys; `fingerprints`: its data's."""
     exp = Experiment(location)
     settings = exp.settings() if exp.exists() else None
     if not settings:
@@ -49,7 +78,7 @@ def past_trials(location: str, distributions: dict, max_epochs: int) -> tuple[li
     theirs, searched_here = set(parse(settings["space"], settings["space_name"]).params), set(distributions)
     old_epochs = settings["max_epochs"]
     name = exp.name
-    notes, out, outside, unfinished = [], [], [], 0
+    notes, out, outside, unfinished, elsewhere = [], [], [], 0, {}
     for t in trials:
         if t.status not in ("completed", "pruned") or not t.history:
             unfinished += 1
@@ -63,18 +92,34 @@ def past_trials(location: str, distributions: dict, max_epochs: int) -> tuple[li
         if not curve:
             unfinished += 1
             continue
-        complete = t.status == "completed" and old_epochs == max_epochs
+        other = differences(t.config, fixed, settings.get("datasets"), fingerprints)
+        for d in other:
+            elsewhere[d] = elsewhere.get(d, 0) + 1
+        complete = t.status == "completed" and old_epochs == max_epochs and not other
         attrs = {"warm_start": name, "source_trial": t.trial_id, "epochs": max(curve),
                  "status": f"from {name}: {t.status} after {t.epochs} of {old_epochs} epochs"}
         out.append(create_trial(params=params, distributions=distributions, intermediate_values=curve,
                                 value=curve[max(curve)], user_attrs=attrs,
                                 state=TrialState.COMPLETE if complete else TrialState.PRUNED))
+    # the best first: furthest within this budget, then the most accurate there (TPE's order for pruned trials)
+    ranked = sorted(out, key=lambda f: (-max(f.intermediate_values), -f.value))
+    first, seen = [], set()
+    for f in ranked:
+        if len(first) < FIRST and tuple(sorted(f.params.items())) not in seen:
+            seen.add(tuple(sorted(f.params.items())))
+            first.append((f.params, {"first_from": name, "source_trial": f.user_attrs["source_trial"]}))
     done = sum(t.state == TrialState.COMPLETE for t in out)
     notes.append(f"warm start from {name}: {len(out)} trials into the study ({done} completed, "
                  f"{len(out) - done} pruned)")
     if old_epochs != max_epochs:
         notes.append(f"warm start from {name}: its trials ran up to {old_epochs} epochs, this search's up to "
                      f"{max_epochs}: each enters as pruned at its last epoch within {min(old_epochs, max_epochs)}")
+    if elsewhere:
+        notes.append(f"warm start from {name}: trials that ran another task enter as pruned, below every completed "
+                     "trial of this search: " + ", ".join(f"{d} differs in {n}" for d, n in elsewhere.items()))
+    if first:
+        notes.append(f"warm start from {name}: its best {len(first)} config(s) run first: "
+                     + ", ".join(a["source_trial"] for _, a in first))
     if outside:
         notes.append(f"warm start from {name}: {len(outside)} trial(s) left out, with values outside this space: "
                      + "; ".join(outside[:3]) + (" ..." if len(outside) > 3 else ""))
@@ -86,16 +131,20 @@ def past_trials(location: str, distributions: dict, max_epochs: int) -> tuple[li
     if searched_here - theirs:
         notes.append(f"warm start from {name}: {', '.join(sorted(searched_here - theirs))} fixed there, searched "
                      "here: its trials enter with the value they had")
-    return out, notes
+    return out, first, notes
 
 
-def warm_trials(locations: list[str], distributions: dict, max_epochs: int) -> tuple[list, list[str]]:
-    trials, notes = [], []
+def warm_trials(locations: list[str], distributions: dict, max_epochs: int, fixed: dict,
+                fingerprints: dict | None = None) -> tuple[Warm, list[str]]:
+    from trainables.config import TrainConfig
+    fixed = {k: v for k, v in TrainConfig.from_dict(fixed).to_dict().items() if k not in distributions}
+    warm, notes = Warm(), []
     for loc in locations:
-        t, n = past_trials(loc, distributions, max_epochs)
-        trials += t
+        t, first, n = past_trials(loc, distributions, max_epochs, fixed, fingerprints)
+        warm.trials += t
+        warm.first += first
         notes += n
-    return trials, notes
+    return warm, notes
 
 
 def space_distributions(param_space: dict) -> dict:
