@@ -7,7 +7,8 @@ images a class) with `real_cpu`'s space cut to 12 trials of at most 6 epochs (gr
   same-photos: the same photos at a larger size, 64 px -> 96 px;
   generated-to-real: the default generated data (at the subset's size) -> the real photos at 64 px, a
     source whose best config need not be the target's (what a misleading source does).
-The anytime curve counts a trial's accuracy once it completes (benchmarks/search_efficiency.py).
+The anytime curve counts a trial's accuracy once it completes (benchmarks/search_efficiency.py); each
+row also says how the source's best configs, which the warm search runs first, did there.
 Target: in every seed the warm search reaches the cold search's final best with at most a third of the
 cold search's epochs, and on average ends no worse. Each seed is saved as it finishes (about 10 minutes a
 seed per transfer on the 2-core CPU): benchmarks/results/warm_start.{json,png}.
@@ -20,6 +21,8 @@ from pathlib import Path
 from common import REAL_DATA, RESULTS, real_subset, save
 from search_efficiency import anytime, draw_curve, epochs_to_reach, run_search
 
+from tune.trials import Experiment
+
 SAMPLES, BUDGET = 12, ["--max-epochs", "6", "--grace-period", "3"]
 TRANSFERS = {
     "same-photos": ("real photos at 64 px -> the same at 96 px", ["--set", "size=64"], ["--set", "size=96"]),
@@ -30,6 +33,16 @@ TRANSFERS = {
 def search(name: str, data: str, seed: int, root: Path, extra: list) -> Path:
     """TPE + ASHA on real_cpu's space at BUDGET (search_efficiency's runner), named by `name`."""
     return run_search("real_cpu", SAMPLES, seed, "tpe", "asha", root, ["--data", data, *BUDGET, *extra], tag=f"-{name}")
+
+
+def tried_first(exp: Path) -> list[dict]:
+    """How the source's best configs, which a warm search runs first (tune/warm.py), did there."""
+    e = Experiment(exp)
+    study = e.study()
+    first = {t.user_attrs["ray_trial_id"]: t.user_attrs["source_trial"] for t in study.trials
+             if "first_from" in t.user_attrs}
+    return [{"source_trial": first[t.trial_id], "status": t.status, "epochs": t.epochs,
+             "accuracy": t.value("accuracy")} for t in e.trials(study) if t.trial_id in first]
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -90,7 +103,8 @@ def main():
                 rows.append({"seed": seed, "transfer": transfer, "source_epochs": s[-1][0], "source_best": s[-1][1],
                              "cold_epochs": c[-1][0], "cold_final_best": target, "warm_epochs": w[-1][0],
                              "warm_final_best": w[-1][1], "warm_epochs_to_cold_best": reach,
-                             "warm_fraction_of_cold_epochs": None if reach is None else reach / c[-1][0]})
+                             "warm_fraction_of_cold_epochs": None if reach is None else reach / c[-1][0],
+                             "tried_first": tried_first(warm)})
                 curves[transfer] += [("cold", c), ("warm", w)]
                 print(rows[-1], flush=True)
                 save("warm_start", {"subset": "real photos, 100 train + 30 val/ images a class",
