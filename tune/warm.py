@@ -42,8 +42,9 @@ class Warm:
     first: list = field(default_factory=list)   # [(params, user_attrs)], in the order to try them
 
 
-# how a trial runs, not what it learns (the data paths agree: benchmarks/pipeline_agreement.py); epochs: apart
-HOW = {"epochs", "tta", "compile", "workers", "precision", "pipeline"}
+# how a trial runs, not what it learns (the data paths agree: benchmarks/pipeline_agreement.py), and its
+# training seed (the same task, another draw); epochs are compared apart
+HOW = {"epochs", "tta", "compile", "workers", "precision", "pipeline", "seed"}
 
 
 def differences(config: dict, fixed: dict, theirs: dict | None, ours: dict | None) -> list[str]:
