@@ -4,9 +4,7 @@
   Tune asks for a config whenever a slot is free, so with 32 slots the first 32 configs are all random
   start-up configs (constant_liar acts only once a model exists; ray-project/ray#52535). TruthfulOptunaSearch
   starts exactly TPE's start-up count of random trials and holds the other slots until that many have
-  finished; every later trial is guided, and the study marks each trial `guided` or not. After that, no
-  more trials run at once than have finished, so the width doubles at most each round: a batch of guided
-  trials proposed together from a few results would spend the budget on what those few suggest.
+  finished; every later trial is guided, and the study marks each trial `guided` or not.
 
 - Ray tells Optuna that a trial ASHA stopped early is COMPLETE with its early value, so TPE would learn
   from 1-epoch accuracies as if they were final. TruthfulOptunaSearch tells Optuna PRUNED, with the
@@ -81,10 +79,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         if self._budget_spent():
             return Searcher.FINISHED
         finished = self._finished() if self.startup else 0
-        if self.startup and trial_id not in self._ot_trials:
-            # start-up: that many trials in all; then no more trials in flight than the model has seen end
-            room = self.startup - finished if finished < self.startup else finished
-            if len(self._live) >= room:
+        if self.startup and trial_id not in self._ot_trials and finished < self.startup:
+            if finished + len(self._live) >= self.startup:
                 return None  # a slot waits: Tune asks again at its next step
         config = super().suggest(trial_id)
         if trial_id in self._ot_trials:  # lets the study and Ray's trial folders be joined later
