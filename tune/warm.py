@@ -47,21 +47,21 @@ class Warm:
 HOW = {"epochs", "tta", "compile", "workers", "precision", "pipeline", "seed"}
 
 
-def differences(config: dict, fixed: dict, theirs: dict | None, ours: dict | None) -> list[str]:
+def differences(config: dict, task: dict, theirs: dict | None, ours: dict | None) -> list[str]:
     """How a past trial's task differs from this search's: the keys this search does not search that it had
-    otherwise (`fixed`: their values here, defaults included), and its files: what each differs in."""
-    out = [f"{k} ({v!r} here)" for k, v in fixed.items() if k not in HOW and config.get(k) != v]
-    data = fixed.get("data")
+    otherwise (`task`: their values here, defaults included), and its files: what each differs in."""
+    out = [f"{k} ({v!r} here)" for k, v in task.items() if k not in HOW and config.get(k) != v]
+    data = task.get("data")
     if config.get("data") == data and theirs and ours and theirs.get(data) != ours.get(data):
         out.append(f"the files of {data}")
     return out
 
 
-def past_trials(location: str, distributions: dict, max_epochs: int, fixed: dict,
-                fingerprints: dict | None = None) -> tuple[list, list, list[str]]:
-    """(the FrozenTrials to add to the new study, the configs to try first, the lines that say what was
-    done) from one past search. `distributions`: the new study's {key: Optuna distribution}, as Ray's
-    OptunaSearch converts the space; `fixed`: the new search's fixed keys; `fingerprints`: its data's."""
+def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
+                fingerprints: dict | None = None) -> tuple[Warm, list[str]]:
+    """(what the new study starts with, the lines that say what was done) from one past search.
+    `distributions`: the new study's {key: Optuna distribution}, as Ray's OptunaSearch converts the space;
+    `task`: every other key's value in this search (tune.warm.warm_trials); `fingerprints`: its data's."""
     exp = Experiment(location)
     settings = exp.settings() if exp.exists() else None
     if not settings:
@@ -93,7 +93,7 @@ def past_trials(location: str, distributions: dict, max_epochs: int, fixed: dict
         if not curve:
             unfinished += 1
             continue
-        other = differences(t.config, fixed, settings.get("datasets"), fingerprints)
+        other = differences(t.config, task, settings.get("datasets"), fingerprints)
         for d in other:
             elsewhere[d] = elsewhere.get(d, 0) + 1
         complete = t.status == "completed" and old_epochs == max_epochs and not other
@@ -132,18 +132,20 @@ def past_trials(location: str, distributions: dict, max_epochs: int, fixed: dict
     if searched_here - theirs:
         notes.append(f"warm start from {name}: {', '.join(sorted(searched_here - theirs))} fixed there, searched "
                      "here: its trials enter with the value they had")
-    return out, first, notes
+    return Warm(out, first), notes
 
 
 def warm_trials(locations: list[str], distributions: dict, max_epochs: int, fixed: dict,
                 fingerprints: dict | None = None) -> tuple[Warm, list[str]]:
+    """What the new study starts with from every past search, and the lines that say what was done.
+    `fixed`: the new space's fixed keys; a past trial's task is compared on every key not searched here."""
     from trainables.config import TrainConfig
-    fixed = {k: v for k, v in TrainConfig.from_dict(fixed).to_dict().items() if k not in distributions}
+    task = {k: v for k, v in TrainConfig.from_dict(fixed).to_dict().items() if k not in distributions}
     warm, notes = Warm(), []
     for loc in locations:
-        t, first, n = past_trials(loc, distributions, max_epochs, fixed, fingerprints)
-        warm.trials += t
-        warm.first += first
+        w, n = past_trials(loc, distributions, max_epochs, task, fingerprints)
+        warm.trials += w.trials
+        warm.first += w.first
         notes += n
     return warm, notes
 
