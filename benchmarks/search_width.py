@@ -10,7 +10,9 @@ reach random search's final best (as a fraction of random search's epochs; the a
 benchmarks/search_efficiency.py), their final best, and how many of TPE's trials were guided (chosen by
 the model rather than at random; the study's `guided` attribute). Targets: at 16 at once TPE + ASHA
 reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
-Saves benchmarks/results/search_width.json (or NAME.json) after every seed.
+Saves benchmarks/results/search_width.json (or NAME.json) after every seed; the rows of seeds this run
+does not make are kept from the saved file when it is of the same space, trials and widths, each row with
+the date and commit of its own run.
 """
 import argparse
 import json
@@ -22,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, save
+from common import RESULTS, ROOT, save
 from search_efficiency import anytime, epochs_to_reach
 
 from tune.trials import Experiment
@@ -55,8 +57,10 @@ def main():
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--name", default=NAME, help="the results' name, to keep an earlier run's")
     args = p.parse_args()
-    rows = []
+    rows, kept = [], earlier_rows(args)
     t_all = time.perf_counter()
+    from trainables.provenance import git_commit
+    run = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             exp, wall = search(args.space, args.samples, seed, "random", "none", 2, Path(tmp))
@@ -72,9 +76,21 @@ def main():
                                  "random_best": target, "random_epochs": total, "final_best": curve[-1][1],
                                  "epochs": curve[-1][0], "epochs_to_random_best": reach,
                                  "fraction_of_random_epochs": None if reach is None else reach / total,
-                                 "guided_trials": guided(exp), "wall_s": wall})
+                                 "guided_trials": guided(exp), "wall_s": wall, "run": run})
                     print(json.dumps(rows[-1]), flush=True)
-            save(args.name, payload(args, rows, time.perf_counter() - t_all))
+            save(args.name, payload(args, kept + rows, time.perf_counter() - t_all))
+
+
+def earlier_rows(args) -> list:
+    """The saved rows of the seeds this run does not make, from a run of the same space, trials and widths."""
+    f = RESULTS / f"{args.name}.json"
+    if not f.is_file():
+        return []
+    old = json.loads(f.read_text())
+    if (old["space"], old["samples"], old["widths"]) != (args.space, args.samples, args.widths):
+        return []
+    return [{**r, "run": r.get("run") or {"date": old["date"], "git_commit": old["git_commit"]}}
+            for r in old["per_seed"] if r["seed"] not in args.seeds]
 
 
 def payload(args, rows, wall) -> dict:
@@ -93,7 +109,7 @@ def payload(args, rows, wall) -> dict:
                 "mean_wall_s": statistics.mean(r["wall_s"] for r in mine)}
     return {"space": args.space, "samples": args.samples, "widths": args.widths,
             "seeds": sorted({r["seed"] for r in rows}), "summary": summary, "per_seed": rows,
-            "benchmark_wall_s": wall,
+            "benchmark_wall_s": wall, "benchmark_wall_s_covers": "the seeds of this run only",
             "targets": "at 16 at once TPE + ASHA reaches random search's final best within half of its epochs; "
                        "it never ends below random + ASHA at any width"}
 

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from ray.tune.schedulers import TrialScheduler
 
 from tune.pruning import ResumableASHA
+from tune.study import searcher_storage
 from tune.trials import Experiment
 
 _folders = itertools.count()
@@ -177,7 +178,7 @@ def test_a_study_that_fails_to_record_a_trials_end_records_it_at_the_next_chance
     from tune.pruning import TruthfulOptunaSearch
     s = TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
                              sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=4,
-                             storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+                             storage=searcher_storage(tmp_path / 'study.db'))
     for t in ("a", "b"):
         s.suggest(t)
     tell, failures = s._ot_study.tell, iter([OperationalError("tell", {}, Exception("disk I/O error"))])
@@ -206,7 +207,7 @@ def test_a_trial_only_the_searchers_snapshot_knows_holds_no_start_up_slot_and_is
     from tune.pruning import TruthfulOptunaSearch, close_lost
     s = TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
                              sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=0), max_epochs=2,
-                             startup=3, storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+                             startup=3, storage=searcher_storage(tmp_path / 'study.db'))
     assert all(s.suggest(t) for t in ("a", "b", "c")) and s.suggest("d") is None
     for t in ("a", "b"):
         s.on_trial_complete(t, {"accuracy": 0.5, "epoch": 2})
@@ -214,7 +215,7 @@ def test_a_trial_only_the_searchers_snapshot_knows_holds_no_start_up_slot_and_is
     s.save(str(snapshot))                                          # "c" is running when the driver dies
     restored = TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
                                     sampler=optuna.samplers.TPESampler(n_startup_trials=3, seed=0), max_epochs=2,
-                                    startup=3, storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+                                    startup=3, storage=searcher_storage(tmp_path / 'study.db'))
     restored.restore(str(snapshot))
     # the study has 2 finished and "c" RUNNING: counting its RUNNING trials, the hold would wait for ever
     assert [t.state.name for t in restored._ot_study.trials] == ["COMPLETE", "COMPLETE", "RUNNING"]
@@ -233,7 +234,7 @@ def test_a_trial_ray_runs_that_the_searchers_snapshot_missed_is_claimed_back_fro
     def searcher():
         return TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
                                     sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=2,
-                                    storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+                                    storage=searcher_storage(tmp_path / 'study.db'))
     s = searcher()
     s.suggest("a")
     s.save(str(tmp_path / "searcher.pkl"))

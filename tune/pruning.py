@@ -32,14 +32,14 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
 from tune.budget import Budget
-from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, backup_study, ended_as, fast_commits, ray_snapshot
+from tune.study import backup_study
+from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
 
 
 class TruthfulOptunaSearch(OptunaSearch):
-    def __init__(self, *args, max_epochs: int, startup: int = 0, wal: bool = False, experiment: str = "",
+    def __init__(self, *args, max_epochs: int, startup: int = 0, experiment: str = "",
                  mirror: bool = False, budget: str | None = None, warm=None, **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
-        `wal`: the study's SQLite file is on a local disk and runs with fast commits (tune/trials.py);
         `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
         `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI;
         `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts;
@@ -51,7 +51,6 @@ class TruthfulOptunaSearch(OptunaSearch):
         self.mirror = mirror
         self.max_epochs = max_epochs
         self.startup = startup
-        self.wal = wal
         self._untold = {}  # {trial_id: (result, error)} of trials that ended and the study has yet to record
         # the trials Ray runs: started here, or reporting since a resume. Not the study's RUNNING ones: the
         # searcher's snapshot can be newer than Ray's (they are uploaded apart), and a trial only it knows
@@ -102,8 +101,6 @@ class TruthfulOptunaSearch(OptunaSearch):
         trial the searcher knows may never run again (run.py closes it as lost when the search ends), and
         a trial Ray runs may be unknown to the study (run.py adds it first: catch_up)."""
         super().restore(checkpoint_path)
-        if self.wal:
-            fast_commits(self._storage)  # the unpickled storage has a new engine without it
         self._live = set()
         # the study is the record: the pickled map from Ray's ids to its trials can be from another moment
         # (on a store the two are uploaded apart), so each trial is claimed back by its Ray id (_claim)

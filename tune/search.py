@@ -34,7 +34,8 @@ from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
 from tune.trials import (PROGRESS_FILE, RESULT_FILE, SETTINGS_FILE, STEP, STUDY_FILE, checkpoint_state,  # noqa: E402
-                         ended_as, read_text, study_storage, trial_dirname, with_history)
+                         ended_as, read_text, trial_dirname, with_history)
+from tune.study import searcher_storage  # noqa: E402
 
 METRIC, MODE = "accuracy", "max"
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,9 +139,9 @@ def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     # the study stays on the driver's disk (SQLite's locks and WAL do not work on NFS), mirrored to --storage
-    storage = study_storage(s.experiment / STUDY_FILE, wal=True)
+    storage = searcher_storage(s.experiment / STUDY_FILE)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
-                                startup=startup, wal=True, experiment=s.location, mirror=bool(s.storage),
+                                startup=startup, experiment=s.location, mirror=bool(s.storage),
                                 budget=str(s.experiment) if s.time_budget_s else None, warm=warm)
 
 

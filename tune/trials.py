@@ -114,43 +114,6 @@ def mend_search_state(location: str, samples: int | None = None) -> int:
     return max(lost, 0)
 
 
-def study_storage(db: Path, wal: bool = False):
-    """The Optuna storage of a study file; `wal` for the search's own, on a local disk (see fast_commits)."""
-    import optuna
-    storage = optuna.storages.RDBStorage(f"sqlite:///{db}")
-    return fast_commits(storage) if wal else storage
-
-
-def _wal(connection, _record):
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
-
-
-def fast_commits(storage):
-    """Optuna commits every parameter of every trial on its own, and SQLite's default journal syncs the disk
-    at each commit (about 4 ms each, 10 per suggestion of `full`); in WAL mode with synchronous=NORMAL a
-    commit survives a killed process and syncs only at checkpoints. WAL needs a local disk (not NFS), and
-    the setting lives on the engine, which Optuna rebuilds when a storage is unpickled: call it again then."""
-    from sqlalchemy import event
-    if not event.contains(storage.engine, "connect", _wal):
-        event.listen(storage.engine, "connect", _wal)
-        storage.engine.dispose()  # connections opened before the listener have the default journal
-    return storage
-
-
-def backup_study(db: Path, dest: Path) -> None:
-    """A consistent copy of a live study file (with what its WAL holds), through SQLite's backup API."""
-    import sqlite3
-    src, out = sqlite3.connect(db), sqlite3.connect(dest)
-    try:
-        src.backup(out)
-    finally:
-        out.close()
-        src.close()
-
-
 def upload(local: Path, fs: pafs.FileSystem, path: str, names) -> None:
     """Copy the named files and folders of a local folder to the same names under `path` on `fs`."""
     fs.create_dir(path)
@@ -333,6 +296,7 @@ class Experiment:
         if db is None or not db.is_file():
             return None
         import optuna
+        from tune.study import study_storage
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = study_storage(db)
         names = optuna.get_all_study_names(storage)

@@ -1,0 +1,71 @@
+"""The searcher's study storage (tune/study.py): its trials in memory are the file's, write for write."""
+import pickle
+
+import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from tune.study import SoleWriterStorage, searcher_storage, study_storage
+
+SPACE = {"lr": FloatDistribution(1e-4, 1e-1, log=True), "opt": CategoricalDistribution(["adam", "ranger"])}
+
+
+def as_read(trials):
+    return [(t.number, t.state, t.values, t.params, t.distributions, t.intermediate_values, t.user_attrs,
+             t.system_attrs, t.datetime_start, t.datetime_complete) for t in trials]
+
+
+def on_file(db):
+    return optuna.load_study(study_name="s", storage=study_storage(db)).get_trials(deepcopy=False)
+
+
+def drive(study):
+    """What a search does to its study: past trials added, configs enqueued, asked with TPE's liar
+    reading the running ones, epochs reported, trials pruned, completed and failed, attributes set."""
+    study.add_trials([create_trial(params={"lr": 0.01, "opt": "adam"}, distributions=SPACE, value=0.5,
+                                   intermediate_values={1: 0.4, 2: 0.5})])
+    study.enqueue_trial({"lr": 0.02, "opt": "ranger"}, user_attrs={"first_from": "old"})
+    running = [study.ask(SPACE) for _ in range(6)]   # the first runs the enqueued config
+    for i, t in enumerate(running):
+        t.set_user_attr("ray_trial_id", f"t{i}")
+        t.report(0.1 * i, 1)
+    study.tell(running[0], state=TrialState.PRUNED)
+    study.tell(running[1], 0.9)
+    study.tell(running[2], state=TrialState.FAIL)
+    running[3].report(0.35, 2)
+    study._storage.set_trial_system_attr(running[3]._trial_id, "note", [1, 2])
+    return running
+
+
+def test_the_searchers_study_in_memory_is_what_its_file_holds(tmp_path):
+    db = tmp_path / "optuna.db"
+    storage = searcher_storage(db)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize",
+                                sampler=optuna.samplers.TPESampler(n_startup_trials=2, constant_liar=True, seed=0))
+    assert study._storage is storage                       # not wrapped again in Optuna's cache
+    drive(study)
+    memory = study.get_trials(deepcopy=False)
+    assert [t.state for t in memory] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
+                                         TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.RUNNING]
+    assert memory[1].params == {"lr": 0.02, "opt": "ranger"} and memory[1].user_attrs["first_from"] == "old"
+    assert memory[4].intermediate_values == {1: 0.30000000000000004, 2: 0.35} and memory[4].system_attrs["note"] == [1, 2]
+    assert as_read(memory) == as_read(on_file(db))
+    assert as_read([storage.get_trial(t._trial_id) for t in memory]) == as_read(memory)
+
+
+def test_an_unpickled_searchers_study_reads_the_file_again(tmp_path):
+    """Ray snapshots the searcher with its storage; a resume mends the file before the searcher runs
+    (tune.pruning.catch_up), so the restored storage must not trust the snapshot's copy of the trials."""
+    db = tmp_path / "optuna.db"
+    study = optuna.create_study(study_name="s", storage=searcher_storage(db), direction="maximize")
+    running = drive(study)
+    snapshot = pickle.dumps(study)
+    mender = optuna.load_study(study_name="s", storage=study_storage(db))   # catch_up, in another storage
+    mender.tell(running[4].number, 0.8)
+    restored = pickle.loads(snapshot)
+    assert isinstance(restored._storage, SoleWriterStorage)
+    assert restored.trials[5].state == TrialState.COMPLETE and restored.trials[5].value == 0.8
+    restored.tell(running[5], 0.7)                                 # and it writes with fast commits again
+    assert as_read(restored.get_trials(deepcopy=False)) == as_read(on_file(db))
+    with restored._storage._backend.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
