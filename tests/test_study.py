@@ -33,6 +33,7 @@ def drive(study):
     study.tell(running[1], 0.9)
     study.tell(running[2], state=TrialState.FAIL)
     running[3].report(0.35, 2)
+    running[3].set_user_attr("pair", (1, 2))                        # a tuple: the file gives back a list
     study._storage.set_trial_system_attr(running[3]._trial_id, "note", [1, 2])
     return running
 
@@ -69,3 +70,23 @@ def test_an_unpickled_searchers_study_reads_the_file_again(tmp_path):
     assert as_read(restored.get_trials(deepcopy=False)) == as_read(on_file(db))
     with restored._storage._backend.engine.connect() as c:
         assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+
+
+def test_a_write_that_fails_after_the_file_took_it_leaves_memory_to_be_read_again(tmp_path):
+    """The file is the record: if the trial cannot be read back after its state was written, the copy in
+    memory must not keep the old state (the searcher would tell the trial again, and TPE's constant liar
+    count it as running)."""
+    db = tmp_path / "optuna.db"
+    storage = searcher_storage(db)
+    study = optuna.create_study(study_name="s", storage=storage, direction="maximize")
+    trial = study.ask(SPACE)
+    study.trials  # read: the study is in memory
+    read = storage._backend.get_trial
+    storage._backend.get_trial = lambda trial_id: (_ for _ in ()).throw(OSError("disk gone"))
+    try:
+        study.tell(trial, 0.6)
+    except OSError:
+        pass
+    storage._backend.get_trial = read
+    assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.6
+    assert as_read(study.get_trials(deepcopy=False)) == as_read(on_file(db))

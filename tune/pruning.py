@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 
 import optuna
-from optuna.exceptions import UpdateFinishedTrialError
+from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
 from ray.tune.search import Searcher
@@ -161,7 +161,7 @@ class TruthfulOptunaSearch(OptunaSearch):
             try:
                 self._claim(trial_id)
                 state = self._close(trial_id, result, error)
-            except SQLAlchemyError as e:
+            except (SQLAlchemyError, StorageInternalError) as e:   # Optuna wraps SQLAlchemy's errors
                 print(f"warning: the study could not record the end of trial {trial_id} yet "
                       f"({type(e).__name__}); retrying", file=sys.stderr, flush=True)
                 continue
