@@ -167,11 +167,14 @@ def test_a_wide_search_starts_only_the_start_up_trials_at_random_and_guides_the_
     assert [k for k, v in guided.items() if not v] == ["t0", "t1", "t2"] and sum(guided.values()) == 13
 
 
-def test_a_study_that_fails_to_record_a_trials_end_records_it_at_the_next_chance(tmp_path):
+@pytest.mark.parametrize("error", ["StorageInternalError", "OperationalError"])
+def test_a_study_that_fails_to_record_a_trials_end_records_it_at_the_next_chance(tmp_path, error):
     """A storage error when a trial ends must neither end the search nor leave the trial RUNNING in the
-    study: it is told again at the next result, and a snapshot taken meanwhile keeps it to tell."""
+    study: it is told again at the next result, and a snapshot taken meanwhile keeps it to tell. Optuna's
+    RDBStorage raises StorageInternalError for a failed commit (SQLAlchemy's error is its cause)."""
     import pickle
 
+    from optuna.exceptions import StorageInternalError
     from ray import tune
     from sqlalchemy.exc import OperationalError
 
@@ -181,7 +184,9 @@ def test_a_study_that_fails_to_record_a_trials_end_records_it_at_the_next_chance
                              storage=searcher_storage(tmp_path / 'study.db'))
     for t in ("a", "b"):
         s.suggest(t)
-    tell, failures = s._ot_study.tell, iter([OperationalError("tell", {}, Exception("disk I/O error"))])
+    disk = OperationalError("tell", {}, Exception("disk I/O error"))
+    tell, failures = s._ot_study.tell, iter([StorageInternalError("commit failed") if error == "StorageInternalError"
+                                             else disk])
 
     def flaky(*args, **kwargs):
         e = next(failures, None)
