@@ -257,3 +257,29 @@ def test_a_trial_ray_runs_that_the_searchers_snapshot_missed_is_claimed_back_fro
     again.on_trial_complete("a", {"accuracy": 0.7, "epoch": 2})    # told once only, and no error
     a = [t for t in again._ot_study.trials if t.user_attrs["ray_trial_id"] == "a"][0]
     assert a.state.name == "COMPLETE" and a.value == 0.5
+
+
+def test_a_search_snapshotted_with_optunas_own_storage_resumes_with_the_searchers(tmp_path):
+    """A search started before the searcher kept its study in memory (its snapshot holds a plain
+    RDBStorage) resumes with the searcher's storage: the trials in memory, SQLite's fast commits."""
+    from ray import tune
+
+    from tune.pruning import TruthfulOptunaSearch
+    from tune.study import SoleWriterStorage
+
+    def searcher(storage):
+        return TruthfulOptunaSearch(space={"lr": tune.loguniform(1e-3, 1e-1)}, metric="accuracy", mode="max",
+                                    sampler=optuna.samplers.RandomSampler(seed=0), max_epochs=2, storage=storage)
+    old = searcher(optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study.db'}"))
+    old.suggest("a")
+    old.save(str(tmp_path / "searcher.pkl"))
+    restored = searcher(None)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert isinstance(restored._ot_study._storage, SoleWriterStorage)
+    assert restored._storage is restored._ot_study._storage
+    restored.on_trial_complete("a", {"accuracy": 0.6, "epoch": 2})
+    assert restored.suggest("b") is not None
+    study = optuna.load_study(study_name=restored._ot_study.study_name, storage=f"sqlite:///{tmp_path / 'study.db'}")
+    assert [(t.user_attrs["ray_trial_id"], t.state.name) for t in study.trials] == [("a", "COMPLETE"), ("b", "RUNNING")]
+    with restored._storage._backend.engine.connect() as c:
+        assert c.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"

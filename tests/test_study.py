@@ -49,7 +49,8 @@ def test_the_searchers_study_in_memory_is_what_its_file_holds(tmp_path):
     assert [t.state for t in memory] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.COMPLETE,
                                          TrialState.FAIL, TrialState.RUNNING, TrialState.RUNNING, TrialState.RUNNING]
     assert memory[1].params == {"lr": 0.02, "opt": "ranger"} and memory[1].user_attrs["first_from"] == "old"
-    assert memory[4].intermediate_values == {1: 0.30000000000000004, 2: 0.35} and memory[4].system_attrs["note"] == [1, 2]
+    assert memory[4].intermediate_values == {1: 0.30000000000000004, 2: 0.35}
+    assert memory[4].system_attrs["note"] == [1, 2] and memory[4].user_attrs["pair"] == [1, 2]
     assert as_read(memory) == as_read(on_file(db))
     assert as_read([storage.get_trial(t._trial_id) for t in memory]) == as_read(memory)
 

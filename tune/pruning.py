@@ -32,7 +32,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
 from tune.budget import Budget
-from tune.study import backup_study
+from tune.study import backup_study, searcher_storage
 from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
 
 
@@ -101,6 +101,9 @@ class TruthfulOptunaSearch(OptunaSearch):
         trial the searcher knows may never run again (run.py closes it as lost when the search ends), and
         a trial Ray runs may be unknown to the study (run.py adds it first: catch_up)."""
         super().restore(checkpoint_path)
+        if isinstance(self._storage, optuna.storages.RDBStorage):   # a search snapshotted before tune/study.py
+            db = Path(self._storage.url.removeprefix("sqlite:///"))
+            self._storage = self._ot_study._storage = searcher_storage(db)
         self._live = set()
         # the study is the record: the pickled map from Ray's ids to its trials can be from another moment
         # (on a store the two are uploaded apart), so each trial is claimed back by its Ray id (_claim)
