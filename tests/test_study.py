@@ -91,3 +91,35 @@ def test_a_write_that_fails_after_the_file_took_it_leaves_memory_to_be_read_agai
     storage._backend.get_trial = read
     assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.6
     assert as_read(study.get_trials(deepcopy=False)) == as_read(on_file(db))
+
+
+def test_the_searchers_tpe_suggests_what_optunas_own_tpe_suggests():
+    """FixedSpaceTPE (tune/search.py) takes the space as given and converts a finished trial's values
+    once: both only save time, so with the same seed and trials it must suggest exactly what Optuna's
+    TPE does, past trials, pruned ones and running ones (the constant liar) included."""
+    import random
+
+    from tune.search import FixedSpaceTPE
+    space = {**SPACE, "eps": FloatDistribution(0.0, 0.3), "bs": optuna.distributions.IntDistribution(32, 128, step=32)}
+    kw = dict(seed=3, multivariate=True, constant_liar=True, n_startup_trials=4)
+    # in the order Optuna's own TPE puts the space it works out (by name): the order its draws follow
+    studies = [optuna.create_study(direction="maximize", sampler=FixedSpaceTPE(dict(sorted(space.items())), **kw)),
+               optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(**kw))]
+    rng = random.Random(0)
+    past = [create_trial(params={"lr": 10 ** rng.uniform(-4, -1), "opt": rng.choice(["adam", "ranger"]),
+                                 "eps": rng.uniform(0, 0.3), "bs": rng.choice([32, 64, 96, 128])},
+                         distributions=space, value=rng.random(), intermediate_values={1: 0.1}) for _ in range(6)]
+    for study in studies:
+        study.add_trials(past)
+    asked = [[], []]
+    for i in range(24):
+        for study, mine in zip(studies, asked):
+            t = study.ask(space)
+            mine.append(t.params)
+            if i % 3 == 0:
+                continue                                   # left running: the liar's
+            t.report(mine[-1]["eps"], 1)
+            study.tell(t, mine[-1]["eps"] + (0.1 if mine[-1]["opt"] == "adam" else 0)) if i % 3 == 1 else \
+                study.tell(t, state=TrialState.PRUNED)
+    assert asked[0] == asked[1]
+    assert len({tuple(sorted(p.items())) for p in asked[0]}) == 24
