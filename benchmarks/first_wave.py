@@ -9,7 +9,7 @@ search uses them, without the constant liar, and with two ways of widening TPE's
 "good" share of a quarter and at least 2 trials, where Optuna's default is a tenth, so 1 trial below 11;
 a prior weight of 4). Reports, per setting, how many of the wave's configs share each value of each
 categorical parameter. Seed 2 at 8 at once is the search_width run that ended below random + ASHA.
-About 4 minutes. Writes benchmarks/results/first_wave.json.
+About 3 minutes. Writes benchmarks/results/first_wave.json.
 """
 import argparse
 import collections
