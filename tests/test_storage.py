@@ -213,8 +213,8 @@ def test_a_search_killed_while_a_checkpoint_uploads_resumes_and_agrees(s3, tmp_p
             "--set", "arch=xresnet50", "--set", "size=32", "--set", "resize_start=32", "--name", "up",
             "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
 
-    def uploading():
-        return any("/checkpoint_" in u["Key"] and u["Key"].endswith("model.pth")
+    def uploading():  # this search's: the bucket is the module's, and a killed search can leave its uploads
+        return any(u["Key"].startswith("up/") and "/checkpoint_" in u["Key"] and u["Key"].endswith("model.pth")
                    for u in client.list_multipart_uploads(Bucket=BUCKET).get("Uploads", []))
     kill_when(args, tmp_path, env, uploading, every=0.05)
     r = search(["--resume", str(tmp_path / "up")], tmp_path, env)
