@@ -1,7 +1,9 @@
-"""The searcher's study storage (tune/study.py): its trials in memory are the file's, write for write."""
+"""The searcher's study storage (tune/study.py): its trials in memory are the file's, write for write; and its
+sampler (tune/search.py's FixedSpaceTPE) suggests what Optuna's own TPE does."""
 import pickle
 
 import optuna
+import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -84,10 +86,8 @@ def test_a_write_that_fails_after_the_file_took_it_leaves_memory_to_be_read_agai
     study.trials  # read: the study is in memory
     read = storage._backend.get_trial
     storage._backend.get_trial = lambda trial_id: (_ for _ in ()).throw(OSError("disk gone"))
-    try:
+    with pytest.raises(OSError):
         study.tell(trial, 0.6)
-    except OSError:
-        pass
     storage._backend.get_trial = read
     assert study.trials[0].state == TrialState.COMPLETE and study.trials[0].value == 0.6
     assert as_read(study.get_trials(deepcopy=False)) == as_read(on_file(db))
