@@ -4,16 +4,16 @@ python benchmarks/first_wave.py [--space small] [--samples 16] [--width 8] [--se
 Runs the search as benchmarks/search_width.py does (TPE + ASHA, W trials at once on W logical CPUs), keeps
 its TPE start-up trials as they ended (completed, or stopped by ASHA at a rung with their per-epoch values),
 and asks the search's sampler (FixedSpaceTPE, same seed and settings) for a wave of configs at once in a
-study of those trials alone, as a wide search does when its start-up ends: with Optuna's settings as the
-search uses them, without the constant liar, and with two ways of widening TPE's model of few trials (a
-"good" share of a quarter and at least 2 trials, where Optuna's default is a tenth, so 1 trial below 11;
-a prior weight of 4). Reports, per setting, how many of the wave's configs share each value of each
-categorical parameter. Seed 2 at 8 at once is the search_width run that ended below random + ASHA.
-About 3 minutes. Writes benchmarks/results/first_wave.json.
+study of those trials alone, as a wide search does when its start-up ends: as the search asks (its good
+share, tune.search.good_share, models at least 2 trials as good), without the constant liar, and with
+Optuna's good share (a tenth, so 1 trial below 11), with the liar and without. Reports, per setting, how
+many of the wave's configs share each value of each categorical parameter. Seed 2 at 8 at once is the
+search_width run that ended below random + ASHA with Optuna's good share. About 3 minutes. Writes benchmarks/results/first_wave.json.
 """
 import argparse
 import collections
 import json
+import math
 import tempfile
 from pathlib import Path
 
@@ -26,11 +26,12 @@ from search_width import search
 from tune.search import FixedSpaceTPE, startup_trials
 from tune.trials import Experiment
 
+TENTH = {"gamma": lambda n: min(math.ceil(0.1 * n), 25)}   # Optuna's default_gamma: 1 trial below 11
 SETTINGS = {
-    "as the search runs it": {},
+    "as the search runs it (good: at least 2)": {},
     "no constant liar": {"constant_liar": False},
-    "good share: a quarter, at least 2": {"gamma": lambda n: max(2, -(-n // 4))},
-    "prior weight 4": {"prior_weight": 4.0},
+    "Optuna's good share (a tenth)": TENTH,
+    "Optuna's good share, no constant liar": {**TENTH, "constant_liar": False},
 }
 
 

@@ -1,6 +1,7 @@
 """Does the search stay guided when it is wide? TPE + ASHA, random + ASHA and random search at 2, 8, 16 at once.
 
-python benchmarks/search_width.py [--space small] [--samples 16] [--widths 2 8 16] [--seeds 0 1 2] [--name NAME]
+python benchmarks/search_width.py [--space small] [--samples 16] [--widths 2 8 16] [--seeds 0 1 2]
+                                  [--methods tpe random] [--name NAME]
 Each search is `tune/run.py` as a user runs it, with real Ray, Optuna and fastai, on a local Ray given
 W logical CPUs (RAY_OVERRIDE_RESOURCES, Ray's own switch) and one per trial, so W trials run at once on
 this machine's cores: slower per trial, but epochs are what count here. Random search (every trial to
@@ -10,9 +11,10 @@ reach random search's final best (as a fraction of random search's epochs; the a
 benchmarks/search_efficiency.py), their final best, and how many of TPE's trials were guided (chosen by
 the model rather than at random; the study's `guided` attribute). Targets: at 16 at once TPE + ASHA
 reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
-Saves benchmarks/results/search_width.json (or NAME.json) after every seed; the rows of seeds this run
-does not make are kept from the saved file when it is of the same space, trials and widths, each row with
-the date and commit of its own run.
+Saves benchmarks/results/search_width.json (or NAME.json) after every seed; the rows this run does not
+make (other seeds, or methods left out with --methods) are kept from the saved file when it is of the same
+space, trials and widths, each row with the date and commit of its own run. A seed with kept rows takes
+random search's final best from them instead of running it again (it depends on neither searcher).
 """
 import argparse
 import json
@@ -55,6 +57,8 @@ def main():
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--widths", type=int, nargs="+", default=[2, 8, 16])
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--methods", nargs="+", choices=["tpe", "random"], default=["tpe", "random"],
+                   help="the searchers run with ASHA (the others' rows are kept)")
     p.add_argument("--name", default=NAME, help="the results' name, to keep an earlier run's")
     args = p.parse_args()
     rows, kept = [], earlier_rows(args)
@@ -63,12 +67,16 @@ def main():
     run = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            exp, wall = search(args.space, args.samples, seed, "random", "none", 2, Path(tmp))
-            rnd = anytime(exp)
-            target, total = rnd[-1][1], rnd[-1][0]
-            print(f"seed {seed}: random search {target:.4f} after {total} epochs ({wall:.0f} s)", flush=True)
+            if same := [r for r in kept if r["seed"] == seed]:
+                target, total = same[0]["random_best"], same[0]["random_epochs"]
+                print(f"seed {seed}: random search {target:.4f} after {total} epochs (saved)", flush=True)
+            else:
+                exp, wall = search(args.space, args.samples, seed, "random", "none", 2, Path(tmp))
+                rnd = anytime(exp)
+                target, total = rnd[-1][1], rnd[-1][0]
+                print(f"seed {seed}: random search {target:.4f} after {total} epochs ({wall:.0f} s)", flush=True)
             for width in args.widths:
-                for searcher in ("tpe", "random"):
+                for searcher in args.methods:
                     exp, wall = search(args.space, args.samples, seed, searcher, "asha", width, Path(tmp))
                     curve = anytime(exp)
                     reach = epochs_to_reach(curve, target)
@@ -82,7 +90,7 @@ def main():
 
 
 def earlier_rows(args) -> list:
-    """The saved rows of the seeds this run does not make, from a run of the same space, trials and widths."""
+    """The saved rows this run does not make, from a run of the same space, trials and widths."""
     f = RESULTS / f"{args.name}.json"
     if not f.is_file():
         return []
@@ -90,7 +98,7 @@ def earlier_rows(args) -> list:
     if (old["space"], old["samples"], old["widths"]) != (args.space, args.samples, args.widths):
         return []
     return [{**r, "run": r.get("run") or {"date": old["date"], "git_commit": old["git_commit"]}}
-            for r in old["per_seed"] if r["seed"] not in args.seeds]
+            for r in old["per_seed"] if r["seed"] not in args.seeds or r["method"].split()[0] not in args.methods]
 
 
 def payload(args, rows, wall) -> dict:

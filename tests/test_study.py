@@ -1,5 +1,6 @@
 """The searcher's study storage (tune/study.py): its trials in memory are the file's, write for write; and its
-sampler (tune/search.py's FixedSpaceTPE) suggests what Optuna's own TPE does."""
+sampler (tune/search.py's FixedSpaceTPE) suggests what Optuna's own TPE does with the same settings, and
+keeps a wide search's first guided wave from copying one trial."""
 import pickle
 
 import optuna
@@ -93,15 +94,16 @@ def test_a_write_that_fails_after_the_file_took_it_leaves_memory_to_be_read_agai
     assert as_read(study.get_trials(deepcopy=False)) == as_read(on_file(db))
 
 
+@pytest.mark.filterwarnings("ignore:.*gamma:FutureWarning")   # Optuna's TPE given the same good share
 def test_the_searchers_tpe_suggests_what_optunas_own_tpe_suggests():
     """FixedSpaceTPE (tune/search.py) takes the space as given and converts a finished trial's values
     once: both only save time, so with the same seed and trials it must suggest exactly what Optuna's
     TPE does, past trials, pruned ones and running ones (the constant liar) included."""
     import random
 
-    from tune.search import FixedSpaceTPE
+    from tune.search import FixedSpaceTPE, good_share
     space = {**SPACE, "eps": FloatDistribution(0.0, 0.3), "bs": optuna.distributions.IntDistribution(32, 128, step=32)}
-    kw = dict(seed=3, multivariate=True, constant_liar=True, n_startup_trials=4)
+    kw = dict(seed=3, multivariate=True, constant_liar=True, n_startup_trials=4, gamma=good_share)
     # in the order Optuna's own TPE puts the space it works out (by name): the order its draws follow
     studies = [optuna.create_study(direction="maximize", sampler=FixedSpaceTPE(dict(sorted(space.items())), **kw)),
                optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(**kw))]
@@ -123,3 +125,33 @@ def test_the_searchers_tpe_suggests_what_optunas_own_tpe_suggests():
                 study.tell(t, state=TrialState.PRUNED)
     assert asked[0] == asked[1]
     assert len({tuple(sorted(p.items())) for p in asked[0]}) == 24
+
+
+def test_a_wide_searchs_first_guided_wave_does_not_copy_its_one_completed_trial():
+    """A search 16 wide asks for 12 configs at once when its 4 start-up trials have ended, and ASHA often
+    lets only one of them complete. With Optuna's good share (1 trial below 11) the wave takes that
+    trial's categorical values (the control below); the searcher's floor of 2 spreads it. Three waves of
+    12 (sampler seeds 0-2), counted together."""
+    import math
+
+    from tune.search import FixedSpaceTPE
+    space = {"lr": FloatDistribution(2e-3, 3e-2, log=True), "mixup": FloatDistribution(0, 1),
+             "eps": FloatDistribution(0, 0.3), "resize": CategoricalDistribution([32, 48, 64]),
+             "frac": FloatDistribution(0.2, 0.4), "norm": CategoricalDistribution(["imagenet", "dataset", "none"])}
+    start = [({"lr": .01, "mixup": .3, "eps": .1, "resize": 32, "frac": .3, "norm": "imagenet"}, {4: .58, 8: .69}),
+             ({"lr": .005, "mixup": .7, "eps": .2, "resize": 64, "frac": .25, "norm": "dataset"}, {4: .43}),
+             ({"lr": .02, "mixup": .1, "eps": .05, "resize": 64, "frac": .35, "norm": "none"}, {4: .54}),
+             ({"lr": .003, "mixup": .5, "eps": .25, "resize": 48, "frac": .22, "norm": "none"}, {4: .54})]
+
+    def copies(seed, **gamma) -> int:
+        sampler = FixedSpaceTPE(space, seed=seed, multivariate=True, constant_liar=True, n_startup_trials=4, **gamma)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        study.add_trials([create_trial(params=p, distributions=space, intermediate_values=iv, value=iv.get(8),
+                                       state=TrialState.COMPLETE if 8 in iv else TrialState.PRUNED)
+                          for p, iv in start])
+        wave = [study.ask(space).params for _ in range(12)]   # all left RUNNING, as at width
+        return sum((p["resize"], p["norm"]) == (32, "imagenet") for p in wave)
+
+    optunas = sum(copies(seed, gamma=lambda n: min(math.ceil(0.1 * n), 25)) for seed in range(3))  # default_gamma
+    assert optunas >= 27, optunas         # at least 3 in 4 copy it
+    assert sum(copies(seed) for seed in range(3)) <= 18   # at most half

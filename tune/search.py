@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,6 +119,14 @@ def startup_trials(samples: int) -> int:
     return min(10, max(3, samples // 4))
 
 
+def good_share(n: int) -> int:
+    """How many of n finished trials TPE models as good: Optuna's tenth, but at least 2. With Optuna's 1
+    (below 11 trials) every config a wide search asks for at once after its start-up took that one trial's
+    categorical values: in multivariate TPE a RUNNING trial (the constant liar's) weighs only near its
+    own continuous values, so it does not keep a wave's categorical choices apart (benchmarks/first_wave.py)."""
+    return max(2, min(math.ceil(0.1 * n), 25))   # Optuna's default_gamma, floored
+
+
 class FixedSpaceTPE(optuna.samplers.TPESampler):
     """TPE over the one space every trial of a search shares (Ray's OptunaSearch asks each trial with the
     same distributions; past trials enter with them too). Optuna works that space out again from every
@@ -124,8 +134,10 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
     It also converts every trial's values to its internal scale twice per suggestion; a finished trial's
     are converted once here (at 1,000 trials, about a sixth of a suggestion's time)."""
 
-    def __init__(self, space: dict, **kwargs):
-        super().__init__(**kwargs)
+    def __init__(self, space: dict, gamma=good_share, **kwargs):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # gamma: deprecated in Optuna 4.9, kept until 6
+            super().__init__(gamma=gamma, **kwargs)
         self._space = {k: d for k, d in space.items() if not d.single()}
         self._internal = {}   # {trial id: its values in the space's internal scale, or None}
 
