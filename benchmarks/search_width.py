@@ -13,8 +13,8 @@ the model rather than at random; the study's `guided` attribute). Targets: at 16
 reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
 Saves benchmarks/results/search_width.json (or NAME.json) after every seed; the rows this run does not
 make (other seeds, or methods left out with --methods) are kept from the saved file when it is of the same
-space, trials and widths, each row with the date and commit of its own run. A seed with kept rows takes
-random search's final best from them instead of running it again (it depends on neither searcher).
+space, trials and widths, each row with the date and commit of its own run. `--methods tpe` takes random
+search's final best from the seed's kept rows instead of running it again (it does not depend on TPE).
 """
 import argparse
 import json
@@ -67,7 +67,7 @@ def main():
     run = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            if same := [r for r in kept if r["seed"] == seed]:
+            if "random" not in args.methods and (same := [r for r in kept if r["seed"] == seed]):
                 target, total = same[0]["random_best"], same[0]["random_epochs"]
                 print(f"seed {seed}: random search {target:.4f} after {total} epochs (saved)", flush=True)
             else:
