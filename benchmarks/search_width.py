@@ -13,8 +13,9 @@ the model rather than at random; the study's `guided` attribute). Targets: at 16
 reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
 Saves benchmarks/results/search_width.json (or NAME.json) after every seed; the rows this run does not
 make (other seeds, or methods left out with --methods) are kept from the saved file when it is of the same
-space, trials and widths, each row with the date and commit of its own run. `--methods tpe` takes random
-search's final best from the seed's kept rows instead of running it again (it does not depend on TPE).
+space, trials and widths, each row with the date and commit of its own run. A seed that keeps rows (a
+method left out) takes random search's final best from them instead of running it again, so that all of
+its rows are measured against one bar.
 """
 import argparse
 import json
@@ -61,14 +62,15 @@ def main():
                    help="the searchers run with ASHA (the others' rows are kept)")
     p.add_argument("--name", default=NAME, help="the results' name, to keep an earlier run's")
     args = p.parse_args()
-    rows, kept = [], earlier_rows(args)
+    rows, saved = [], saved_rows(args)
     t_all = time.perf_counter()
     from trainables.provenance import git_commit
     run = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            if "random" not in args.methods and (same := [r for r in kept if r["seed"] == seed]):
-                target, total = same[0]["random_best"], same[0]["random_epochs"]
+            # the seed's rows this run keeps were measured against its saved random search: reuse that bar
+            if kept := [r for r in saved if r["seed"] == seed and r["method"].split()[0] not in args.methods]:
+                target, total = kept[0]["random_best"], kept[0]["random_epochs"]
                 print(f"seed {seed}: random search {target:.4f} after {total} epochs (saved)", flush=True)
             else:
                 exp, wall = search(args.space, args.samples, seed, "random", "none", 2, Path(tmp))
@@ -86,11 +88,15 @@ def main():
                                  "fraction_of_random_epochs": None if reach is None else reach / total,
                                  "guided_trials": guided(exp), "wall_s": wall, "run": run})
                     print(json.dumps(rows[-1]), flush=True)
-            save(args.name, payload(args, kept + rows, time.perf_counter() - t_all))
+                    save(args.name, payload(args, merged(saved, rows), time.perf_counter() - t_all))
 
 
-def earlier_rows(args) -> list:
-    """The saved rows this run does not make, from a run of the same space, trials and widths."""
+def key(row) -> tuple:
+    return row["seed"], row["width"], row["method"]
+
+
+def saved_rows(args) -> list:
+    """The saved rows of a run of the same space, trials and widths, each with the date and commit of its run."""
     f = RESULTS / f"{args.name}.json"
     if not f.is_file():
         return []
@@ -98,7 +104,14 @@ def earlier_rows(args) -> list:
     if (old["space"], old["samples"], old["widths"]) != (args.space, args.samples, args.widths):
         return []
     return [{**r, "run": r.get("run") or {"date": old["date"], "git_commit": old["git_commit"]}}
-            for r in old["per_seed"] if r["seed"] not in args.seeds or r["method"].split()[0] not in args.methods]
+            for r in old["per_seed"]]
+
+
+def merged(saved: list, rows: list) -> list:
+    """This run's rows in place of the saved ones they redo (the others stay, so a run cut short loses
+    nothing), in the order of seed, width and method."""
+    new = {key(r) for r in rows}
+    return sorted([r for r in saved if key(r) not in new] + rows, key=key)
 
 
 def payload(args, rows, wall) -> dict:

@@ -120,10 +120,13 @@ def startup_trials(samples: int) -> int:
 
 
 def good_share(n: int) -> int:
-    """How many of n finished trials TPE models as good: Optuna's tenth, but at least 2. With Optuna's 1
-    (below 11 trials) every config a wide search asks for at once after its start-up took that one trial's
-    categorical values: in multivariate TPE a RUNNING trial (the constant liar's) weighs only near its
-    own continuous values, so it does not keep a wave's categorical choices apart (benchmarks/first_wave.py)."""
+    """How many of n finished trials TPE models as good: Optuna's tenth (at most 25), but at least 2. With
+    Optuna's 1 (below 11 finished trials, at any width) the configs a wide search asks for at once after its
+    start-up took that one trial's categorical values: in multivariate TPE a RUNNING trial (the constant
+    liar's) weighs only near its own continuous values, so it does not keep a wave's categorical choices
+    apart (benchmarks/first_wave.py). The second good trial is the next completed one, else the pruned one
+    that got furthest (then the most accurate there). A search snapshotted before this share resumes with
+    Optuna's (its pickled sampler has none set)."""
     return max(2, min(math.ceil(0.1 * n), 25))   # Optuna's default_gamma, floored
 
 
@@ -136,7 +139,8 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
 
     def __init__(self, space: dict, gamma=good_share, **kwargs):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # gamma: deprecated in Optuna 4.9, kept until 6
+            # deprecated in Optuna 4.9, kept until 6 (pyproject: <6)
+            warnings.filterwarnings("ignore", message=".*`gamma`", category=FutureWarning)
             super().__init__(gamma=gamma, **kwargs)
         self._space = {k: d for k, d in space.items() if not d.single()}
         self._internal = {}   # {trial id: its values in the space's internal scale, or None}
