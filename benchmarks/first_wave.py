@@ -8,7 +8,8 @@ study of those trials alone, as a wide search does when its start-up ends: as th
 share, tune.search.good_share, models at least 2 trials as good), without the constant liar, and with
 Optuna's good share (a tenth, so 1 trial below 11), with the liar and without. Reports, per setting, how
 many of the wave's configs share each value of each categorical parameter. Seed 2 at 8 at once is the
-search_width run that ended below random + ASHA with Optuna's good share. About 3 minutes. Writes benchmarks/results/first_wave.json.
+search_width run that ended below random + ASHA with Optuna's good share. About 3 minutes. Writes
+benchmarks/results/first_wave.json.
 """
 import argparse
 import collections
