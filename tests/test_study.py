@@ -132,8 +132,6 @@ def test_a_wide_searchs_first_guided_wave_does_not_copy_its_one_completed_trial(
     lets only one of them complete. With Optuna's good share (1 trial below 11) the wave takes that
     trial's categorical values (the control below); the searcher's floor of 2 spreads it. Six waves of
     12 (sampler seeds 0-5), counted together."""
-    import math
-
     from tune.search import FixedSpaceTPE
     space = {"lr": FloatDistribution(2e-3, 3e-2, log=True), "mixup": FloatDistribution(0, 1),
              "eps": FloatDistribution(0, 0.3), "resize": CategoricalDistribution([32, 48, 64]),
@@ -152,6 +150,6 @@ def test_a_wide_searchs_first_guided_wave_does_not_copy_its_one_completed_trial(
         wave = [study.ask(space).params for _ in range(12)]   # all left RUNNING, as at width
         return sum((p["resize"], p["norm"]) == (32, "imagenet") for p in wave)
 
-    optunas = sum(copies(seed, gamma=lambda n: min(math.ceil(0.1 * n), 25)) for seed in range(6))  # default_gamma
+    optunas = sum(copies(seed, gamma=None) for seed in range(6))   # None: Optuna's own default_gamma
     assert optunas >= 48, optunas                              # at least 2 in 3 copy it
     assert (ours := sum(copies(seed) for seed in range(6))) <= 36, ours   # at most half

@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
-from optuna.storages._cached_storage import _CachedStorage, _StudyInfo
+from optuna.storages._cached_storage import _CachedStorage
 
 
 def study_storage(db: Path):
