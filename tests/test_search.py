@@ -732,10 +732,15 @@ def test_logical_gpus_pack_trials_and_each_trial_trains_where_ray_put_it(tmp_pat
     ids = [g for _, g, *_ in placed.values()]
     assert all(g in {"0", "1", "2", "3"} for g in ids) and max(ids.count(g) for g in set(ids)) == 2
     assert {dev for dev, *_ in placed.values()} == {"cuda" if HAS_GPU else "cpu"}
-    r = subprocess.run(RUN + common + ["--name", "none", "--gpus-per-trial", "0"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)
+    # as on a cluster from `ray up`, which sets OMP_NUM_THREADS=1 for Ray's processes: a trial's torch threads
+    # and loader processes follow the 2 CPUs Ray gave it all the same
+    r = subprocess.run(RUN + common + ["--name", "none", "--gpus-per-trial", "0", "--cpus-per-trial", "2",
+                                       "--set", "pipeline=fastai"], cwd=tmp_path,
+                       env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert {(dev, g) for dev, g, *_ in placements(tmp_path / "none").values()} == {("cpu", "")}
+    rows = [results_of(d)[0] for d in trial_dirs(tmp_path / "none")]
+    assert len(rows) == 8 and {(row["threads"], row["loader_workers"]) for row in rows} == {(2, 2)}
 
 
 def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_epoch(tmp_path):

@@ -48,9 +48,16 @@ def tiny_net(n_out: int, act) -> nn.Module:
 
 
 def auto_workers() -> int:
-    """One loader process per CPU this process was given (Ray sets the thread count to a trial's CPUs)."""
+    """One loader process per CPU this process was given (a trial sets its thread count to the CPUs Ray gave it)."""
     n = min(torch.get_num_threads(), len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 8)
     return 0 if n <= 1 else min(n, 8)
+
+
+def loader_workers(cfg: TrainConfig) -> int:
+    """The loader processes a config's data path uses: the tensor path decodes nothing per batch, so none."""
+    if cfg.pipeline == "tensor":
+        return 0
+    return auto_workers() if cfg.workers is None else cfg.workers
 
 
 def batch_tfms(cfg: TrainConfig, size: int, stats, dev: torch.device) -> list:
@@ -91,8 +98,7 @@ def build_dls(cfg: TrainConfig, idx: DatasetIndex, dev: torch.device | None = No
     block = DataBlock(blocks=(ImageBlock, CategoryBlock(vocab=idx.classes)), get_y=class_name,
                       splitter=IndexSplitter(range(len(train_i), len(order))),
                       item_tfms=Resize(presize(cfg.size)), batch_tfms=batch_tfms(cfg, cfg.size, stats, dev))
-    workers = auto_workers() if cfg.workers is None else cfg.workers
-    dls = block.dataloaders([items[i] for i in order], bs=cfg.bs, num_workers=workers, device=dev,
+    dls = block.dataloaders([items[i] for i in order], bs=cfg.bs, num_workers=loader_workers(cfg), device=dev,
                             persistent_workers=False)
     stages = {cfg.size: dls.train}
     for s in {cfg.size_at(e) for e in range(cfg.epochs)} - {cfg.size}:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -82,13 +83,21 @@ def tune_trainable(config: dict) -> None:
     import torch
 
     from .train import free_memory, train  # here, not at the top: the search's driver needs no fastai
+    from .learner import loader_workers
     cfg = TrainConfig.from_dict(config)
     gpu_ids = ray.get_gpu_ids()
+    if not gpu_ids:  # Ray leaves a GPU-less trial's CUDA_VISIBLE_DEVICES as it is: fastai would touch GPU 0
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
     device = trial_device(gpu_ids, torch.cuda.is_available())
-    share = min(1.0, tune.get_context().get_trial_resources().required_resources.get("GPU", 0.0)) or 1.0
+    given = tune.get_context().get_trial_resources().required_resources
+    share = min(1.0, given.get("GPU", 0.0)) or 1.0
+    # Ray sets OMP_NUM_THREADS to a trial's CPUs only where it is unset (`ray up` sets it to 1): torch's
+    # threads, and the loader processes counted from them, follow what Ray gave this trial
+    torch.set_num_threads(max(1, int(given.get("CPU", 1))))
     place = dict(device=device, gpu_share=share)
     reporter = TuneReporter({"device": device, "gpu_ids": ",".join(map(str, gpu_ids)),  # text: not a TensorBoard scalar
-                             "node_id": ray.get_runtime_context().get_node_id()}, cfg.epochs)
+                             "node_id": ray.get_runtime_context().get_node_id(), "threads": torch.get_num_threads(),
+                             "loader_workers": loader_workers(cfg)}, cfg.epochs)
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()
     reporter.held = given.path if given else None
