@@ -766,6 +766,16 @@ def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_
         assert rows[-1]["timestamp"] >= int(deadline) and all(r["timestamp"] <= deadline + 1 for r in rows[:-1])
     assert json.loads((exp / "best_config.json").read_text())["provenance"]["epochs_trained"] >= 1
 
+    # extending a search whose budget is spent: refused in one line, unless the added trials get time of their own
+    r = run(["--resume", str(exp), "--samples", "9"], tmp_path)
+    assert r.returncode == 2 and "time budget (4s) is spent" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    before = spent["spent_before_s"] + spent["last_seen"] - spent["started"]
+    r = run(["--resume", str(exp), "--samples", "9", "--time-budget", "4s"], tmp_path)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "extending" in r.stdout and len(trial_dirs(exp)) > 2
+    assert json.loads((exp / "budget.json").read_text())["limit_s"] == pytest.approx(before + 4)
+    assert json.loads((exp / "search.json").read_text())["samples"] == 9
+
 
 @pytest.mark.parametrize("budget", ["2 hours", "0", "-5m", "1x"])
 def test_a_time_budget_that_is_not_a_duration_is_one_line(tmp_path, budget):
@@ -816,7 +826,10 @@ def test_warm_start_adds_a_past_search_to_the_study_and_extending_it_adds_trials
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "extending" in r.stdout and len(trial_dirs(exp)) == 5 and len(study(exp).trials) == 13
     assert json.loads((exp / "search.json").read_text())["samples"] == 5
-    for args, words in ((["--samples", "4"], "can only add trials"), (["--max-epochs", "9"], "cannot change")):
+    r = run(["--resume", str(exp), "--samples", "5"], tmp_path)   # as a retry of an extension that failed would
+    assert r.returncode == 0 and "extending" not in r.stdout and len(trial_dirs(exp)) == 5, r.stderr[-3000:]
+    for args, words in ((["--samples", "4"], "can only add trials"), (["--max-epochs", "9"], "cannot change"),
+                        (["--samples", "6", "--time-budget", "1m"], "ran without a time budget")):
         r = run(["--resume", str(exp), *args], tmp_path)
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
@@ -826,9 +839,10 @@ def test_warm_start_says_what_it_does_with_each_mismatch(smoke, tmp_path):
     space = tmp_path / "narrow.yaml"   # a narrower lr, wd searched (fixed there), other searched keys fixed
     space.write_text("search: {samples: 2, max_epochs: 3, grace_period: 3}\narch: tiny\nsize: 64\nbs: 32\n"
                      "pipeline: tensor\nlr: {loguniform: [3.0e-3, 2.0e-2]}\nwd: {loguniform: [1.0e-3, 1.0e-1]}\n")
-    r = run(["--space", str(space), "--name", "mis", "--results", str(tmp_path), "--warm-start", str(source), *FAST],
-            tmp_path)
+    r = run(["--space", str(space), "--name", "mis", "--results", str(tmp_path), "--warm-start", str(source),
+             "--warm-start", str(source), *FAST], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert f"--warm-start {source} is given 2 times: its trials enter once" in r.stdout
     lrs = {t.user_attrs["ray_trial_id"]: t.params["lr"] for t in study(source).trials}
     inside = {k for k, v in lrs.items() if 3e-3 <= v <= 2e-2}
     assert f"warm start from smoke: {len(inside)} trials into the study (0 completed, {len(inside)} pruned)" in r.stdout
@@ -845,3 +859,11 @@ def test_warm_start_says_what_it_does_with_each_mismatch(smoke, tmp_path):
     assert {t.user_attrs["source_trial"] for t in warm} == inside and all(max(t.intermediate_values) <= 3 for t in warm)
     r = run(["--space", "smoke", "--name", "no", "--results", str(tmp_path), "--warm-start", str(tmp_path)], tmp_path)
     assert r.returncode == 2 and "not a search" in r.stderr and not (tmp_path / "no").exists()
+    for text, words in (("{not json", "cannot be read"), ("[1, 2]", "not one tune/run.py wrote"),
+                        ('{"name": "x"}', "not one tune/run.py wrote (no space, max_epochs)")):
+        (tmp_path / "bad").mkdir(exist_ok=True)
+        (tmp_path / "bad" / "search.json").write_text(text)
+        r = run(["--space", "smoke", "--name", "no", "--results", str(tmp_path), "--warm-start", str(tmp_path / "bad")],
+                tmp_path)
+        assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert not (tmp_path / "no").exists()

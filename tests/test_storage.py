@@ -145,6 +145,11 @@ def test_a_search_on_s3_keeps_trials_there_and_the_study_and_export_mirrored(s3,
     mirrored = json.loads((elsewhere / "ons3" / "best_config.json").read_text())
     assert mirrored["provenance"]["trial"] == json.loads((home / "best_config.json").read_text())["provenance"]["trial"]
     assert mirrored["provenance"]["trials"] == json.loads((home / "best_config.json").read_text())["provenance"]["trials"]
+    # a warm start from the driver's folder finds the trials where --storage put them
+    r = search(["--space", "smoke", "--samples", "1", "--max-epochs", "3", "--grace-period", "1", "--name", "after",
+                "--results", str(tmp_path), "--warm-start", str(home), *FAST], tmp_path, env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "warm start from ons3: 4 trials into the study" in r.stdout
 
 
 # Failed about one run in three at random kill moments, until the causes found were fixed: the copies on S3

@@ -51,6 +51,15 @@ def shown(seconds: float) -> str:
     return f"{s // 3600}h {s % 3600 // 60:02d}m"
 
 
+def spent_before(home: str | Path) -> float:
+    """The time the driver's earlier runs of the search in `home` spent, each up to when it was last seen."""
+    f = Path(home) / BUDGET_FILE
+    if not f.is_file():
+        return 0.0
+    old = json.loads(f.read_text())
+    return old["spent_before_s"] + max(0.0, old["last_seen"] - old["started"])
+
+
 class Budget:
     """The budget of the search whose driver folder is `home`, as this driver process counts it."""
 
@@ -63,13 +72,9 @@ class Budget:
     @classmethod
     def begin(cls, home: Path, limit_s: float) -> "Budget":
         """A run of the driver starts: what earlier runs spent (up to when each was last seen) carries over."""
-        f = Path(home) / BUDGET_FILE
-        before = 0.0
-        if f.is_file():
-            old = json.loads(f.read_text())
-            before = old["spent_before_s"] + max(0.0, old["last_seen"] - old["started"])
         now = time.time()
-        write_json(f, {"limit_s": limit_s, "spent_before_s": before, "started": now, "last_seen": now})
+        write_json(Path(home) / BUDGET_FILE, {"limit_s": limit_s, "spent_before_s": spent_before(home),
+                                              "started": now, "last_seen": now})
         return cls(home)
 
     def spent_s(self) -> float:

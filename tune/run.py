@@ -112,6 +112,10 @@ def settings_for(args):
                  time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
                  warm_start=[w if "://" in w else str(Path(w).expanduser().resolve()) for w in args.warm_start] or None,
                  **opt)
+    from tune.trials import Experiment
+    from tune.warm import read_settings
+    for w in s.warm_start or []:  # a mistyped folder stops here, before Ray starts or data is prepared
+        read_settings(Experiment(w), w)
     if s.experiment.exists():
         raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
                          f"--resume {s.experiment}")
@@ -221,7 +225,7 @@ def main(argv=None):
     import ray
     from trainables.data import check, describe_folder
     from tune import resources
-    from tune.budget import Budget, shown
+    from tune.budget import Budget, parse_duration, shown, spent_before
     from tune.export import ExportError, export, print_summary
     from tune.pruning import catch_up, close_lost
     from trainables.board import experiment_summary, write_events
@@ -230,13 +234,22 @@ def main(argv=None):
 
     if args.resume:
         s = Settings.load(home_of(args.resume) if "://" in args.resume else Path(args.resume).expanduser().resolve())
-        changed = [c for c in args.changed if c != "--samples"]
+        changed = [c for c in args.changed if c not in ("--samples", "--time-budget")]
         if changed:
             raise UsageError(f"--resume continues a search with its saved settings (search.json); "
                              f"{', '.join(changed)} cannot change them (only --samples, to add trials)")
-        if args.samples is not None and args.samples <= s.samples:
+        if args.samples is not None and args.samples < s.samples:  # as many: a retry of an extension that failed
             raise UsageError(f"--resume --samples {args.samples}: the search has {s.samples} trials; "
                              "--samples can only add trials")
+        if args.time_budget and args.samples is None:
+            raise UsageError("--resume --time-budget gives the trials --samples adds their own time; it needs --samples")
+        if args.time_budget and not s.time_budget_s:  # its searcher and stopper were saved without one
+            raise UsageError(f"--resume --time-budget: {s.name} ran without a time budget, and a resume cannot add one")
+        if args.time_budget:   # on top of what the search has spent so far
+            s.time_budget_s = spent_before(s.experiment) + parse_duration(args.time_budget)
+        elif args.samples and s.time_budget_s and spent_before(s.experiment) >= s.time_budget_s:
+            raise UsageError(f"--resume --samples {args.samples}: the search's time budget ({shown(s.time_budget_s)}) "
+                             "is spent, so no trial would start; give the added trials time with --time-budget")
         space = s.parsed_space()
     else:
         s, space = settings_for(args)
@@ -275,7 +288,8 @@ def main(argv=None):
                 print(f"{len(behind)} trial(s) caught up with Ray's snapshot (their copies were a snapshot "
                       "older): told from their folders and checkpoints", flush=True)
         if args.samples is not None:
-            print(f"extending {s.experiment} from {s.samples} to {args.samples} trials", flush=True)
+            if args.samples > s.samples:
+                print(f"extending {s.experiment} from {s.samples} to {args.samples} trials", flush=True)
             s.samples = args.samples
             s.save()
             if s.storage:
@@ -289,6 +303,9 @@ def main(argv=None):
             from tune.warm import space_distributions, warm_trials
             warm, notes = warm_trials(s.warm_start, space_distributions(param_space(s)), s.max_epochs,
                                       s.parsed_space().fixed, fingerprints)
+            if s.searcher == "random":
+                notes.append("--searcher random draws every config at random: the past trials do not guide it, "
+                             "and only their best configs run first")
             print("\n".join(notes), flush=True)
         try:
             s.experiment.mkdir(parents=True)

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState, create_trial
 
+from search_spaces import KINDS
 from tune.cli import UsageError
 from tune.trials import Experiment
 
@@ -57,15 +58,31 @@ def differences(config: dict, task: dict, theirs: dict | None, ours: dict | None
     return out
 
 
+def read_settings(exp: Experiment, location: str) -> dict:
+    """A past search's search.json, or one line that says why it cannot be a source."""
+    try:
+        settings = exp.settings() if exp.exists() else None
+    except (OSError, ValueError) as e:
+        raise UsageError(f"--warm-start {location}: its search.json cannot be read ({str(e).splitlines()[0]})") from None
+    if not settings:
+        raise UsageError(f"--warm-start {location}: not a search started by tune/run.py (no search.json)")
+    missing = [k for k in ("space", "name", "max_epochs") if not isinstance(settings, dict) or k not in settings]
+    if missing or not isinstance(settings["space"], dict):
+        raise UsageError(f"--warm-start {location}: its search.json is not one tune/run.py wrote "
+                         f"(no {', '.join(missing) or 'space'})")
+    return settings
+
+
 def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
                 fingerprints: dict | None = None) -> tuple[Warm, list[str]]:
     """(what the new study starts with, the lines that say what was done) from one past search.
     `distributions`: the new study's {key: Optuna distribution}, as Ray's OptunaSearch converts the space;
     `task`: every other key's value in this search (tune.warm.warm_trials); `fingerprints`: its data's."""
     exp = Experiment(location)
-    settings = exp.settings() if exp.exists() else None
-    if not settings:
-        raise UsageError(f"--warm-start {location}: not a search started by tune/run.py (no search.json)")
+    settings = read_settings(exp, location)
+    # a search run with --storage keeps its trials there, and its study beside search.json
+    trials_at = Experiment(f"{settings['storage'].rstrip('/')}/{settings['name']}") if settings.get("storage") \
+        and exp.local else exp
     with tempfile.TemporaryDirectory() as tmp:
         db = exp.study_file()
         study = None
@@ -74,9 +91,14 @@ def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
                 if f.is_file():
                     shutil.copy2(f, Path(tmp) / f.name)
             study = Experiment(location, home=Path(tmp)).study()
-        trials = exp.trials(study)
-    from search_spaces import parse
-    theirs, searched_here = set(parse(settings["space"], settings["space_name"]).params), set(distributions)
+        try:
+            trials = trials_at.trials(study)
+        except OSError as e:
+            raise UsageError(f"--warm-start {location}: its trials in {trials_at.location} cannot be read "
+                             f"({str(e).splitlines()[0]})") from None
+    # the keys it searched, from its saved space as written: a space an older version wrote need not parse now
+    theirs = {k for k, v in settings["space"].items() if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in KINDS}
+    searched_here = set(distributions)
     old_epochs = settings["max_epochs"]
     name = exp.name
     notes, out, outside, unfinished, elsewhere = [], [], [], 0, {}
@@ -131,7 +153,7 @@ def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
                      "space fixes: its trials enter by the keys searched here, whatever they had there")
     if searched_here - theirs:
         notes.append(f"warm start from {name}: {', '.join(sorted(searched_here - theirs))} fixed there, searched "
-                     "here: its trials enter with the value they had")
+                     "here: its trials enter with the value they had, where it lies in this space")
     return Warm(out, first), notes
 
 
@@ -141,11 +163,20 @@ def warm_trials(locations: list[str], distributions: dict, max_epochs: int, fixe
     `fixed`: the new space's fixed keys; a past trial's task is compared on every key not searched here."""
     from trainables.config import TrainConfig
     task = {k: v for k, v in TrainConfig.from_dict(fixed).to_dict().items() if k not in distributions}
-    warm, notes = Warm(), []
-    for loc in locations:
+    warm, notes, queued = Warm(), [], set()
+    for loc in dict.fromkeys(locations):
+        if locations.count(loc) > 1:
+            notes.append(f"--warm-start {loc} is given {locations.count(loc)} times: its trials enter once")
         w, n = past_trials(loc, distributions, max_epochs, task, fingerprints)
         warm.trials += w.trials
-        warm.first += w.first
+        for params, attrs in w.first:  # a search warm-started from another ran that one's best configs first too
+            key = tuple(sorted(params.items()))
+            if key in queued:
+                n.append(f"warm start from {attrs['first_from']}: {attrs['source_trial']}'s config already runs "
+                         "first, from an earlier source: it runs once")
+                continue
+            queued.add(key)
+            warm.first.append((params, attrs))
         notes += n
     return warm, notes
 
