@@ -718,29 +718,32 @@ def most_at_once(spans) -> int:
 
 def test_logical_gpus_pack_trials_and_each_trial_trains_where_ray_put_it(tmp_path):
     """A local Ray given 4 logical GPUs and 8 CPUs (Ray's RAY_OVERRIDE_RESOURCES): at 0.5 GPU per trial, 8
-    trials run at once, each told its GPU id; at 0 GPU per trial no trial gets one. This machine has no
-    CUDA, so every trial trains on the CPU either way: the device follows Ray's ids and torch's CUDA both."""
+    trials run at once, each told its GPU id, and each in a process of its own (one that ASHA stopped does
+    not wait, holding its learner, for the next trial); at 0 GPU per trial no trial gets one. This machine
+    has no CUDA, so every trial trains on the CPU either way: the device follows Ray's ids and torch's CUDA."""
     env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 8, "GPU": 4})}
-    common = ["--space", "smoke", "--samples", "8", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
-              "--results", str(tmp_path), *FAST]
-    r = subprocess.run(RUN + common + ["--name", "half", "--gpus-per-trial", "0.5"], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=600)
+    common = ["--max-epochs", "2", "--grace-period", "1", "--searcher", "random", "--results", str(tmp_path), *FAST]
+    r = subprocess.run(RUN + common + ["--space", "smoke", "--samples", "12", "--name", "half", "--gpus-per-trial",
+                                       "0.5"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 CPU / 0.5 GPU per trial" in r.stdout
     placed = placements(tmp_path / "half")
-    assert len(placed) == 8 and most_at_once([(s, e) for *_, s, e in placed.values()]) == 8
-    ids = [g for _, g, *_ in placed.values()]
-    assert all(g in {"0", "1", "2", "3"} for g in ids) and max(ids.count(g) for g in set(ids)) == 2
+    assert len(placed) == 12 and most_at_once([(s, e) for *_, s, e in placed.values()]) == 8
+    ids = {g for _, g, *_ in placed.values()}
+    assert ids <= {"0", "1", "2", "3"} and all(
+        most_at_once([(s, e) for _, g, _, s, e in placed.values() if g == gid]) <= 2 for gid in ids)
     assert {dev for dev, *_ in placed.values()} == {"cuda" if HAS_GPU else "cpu"}
+    assert len({results_of(d)[0]["pid"] for d in trial_dirs(tmp_path / "half")}) == 12
     # as on a cluster from `ray up`, which sets OMP_NUM_THREADS=1 for Ray's processes: a trial's torch threads
-    # and loader processes follow the 2 CPUs Ray gave it all the same
-    r = subprocess.run(RUN + common + ["--name", "none", "--gpus-per-trial", "0", "--cpus-per-trial", "2",
-                                       "--set", "pipeline=fastai"], cwd=tmp_path,
+    # and loader processes follow the 2 CPUs Ray gave it all the same; without GPUs, processes are reused
+    r = subprocess.run(RUN + common + ["--space", "smoke", "--samples", "8", "--name", "none", "--gpus-per-trial", "0",
+                                       "--cpus-per-trial", "2", "--set", "pipeline=fastai"], cwd=tmp_path,
                        env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert {(dev, g) for dev, g, *_ in placements(tmp_path / "none").values()} == {("cpu", "")}
     rows = [results_of(d)[0] for d in trial_dirs(tmp_path / "none")]
     assert len(rows) == 8 and {(row["threads"], row["loader_workers"]) for row in rows} == {(2, 2)}
+    assert len({row["pid"] for row in rows}) < 8
 
 
 def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_epoch(tmp_path):

@@ -96,7 +96,8 @@ def tune_trainable(config: dict) -> None:
     torch.set_num_threads(max(1, int(given.get("CPU", 1))))
     place = dict(device=device, gpu_share=share)
     reporter = TuneReporter({"device": device, "gpu_ids": ",".join(map(str, gpu_ids)),  # text: not a TensorBoard scalar
-                             "node_id": ray.get_runtime_context().get_node_id(), "threads": torch.get_num_threads(),
+                             "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
+                             "threads": torch.get_num_threads(),
                              "loader_workers": loader_workers(cfg)}, cfg.epochs)
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()

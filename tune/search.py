@@ -283,9 +283,11 @@ def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
         param_space=param_space(s),
         tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher(s, warm), scheduler=scheduler(s),
                                     num_samples=s.samples, max_concurrent_trials=concurrent,
-                                    # a trial's process runs the next one (seconds of start-up saved);
-                                    # the trainer frees its memory when a trial ends or is stopped
-                                    reuse_actors=True, trial_dirname_creator=trial_dirname),
+                                    # a trial's process runs the next one (seconds of start-up saved), but
+                                    # Ray caches a stopped trial's process with its thread still waiting in
+                                    # report, the learner held until the next trial: on a GPU that memory
+                                    # is freed at once by giving each trial its own process
+                                    reuse_actors=not res["gpu"], trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.storage or s.root, progress_reporter=progress(s), verbose=1,
             # the newest checkpoint is all a resume needs; while Ray copies the next one the last stays,
