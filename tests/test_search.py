@@ -733,7 +733,9 @@ def test_logical_gpus_pack_trials_and_each_trial_trains_where_ray_put_it(tmp_pat
     assert ids <= {"0", "1", "2", "3"} and all(
         most_at_once([(s, e) for _, g, _, s, e in placed.values() if g == gid]) <= 2 for gid in ids)
     assert {dev for dev, *_ in placed.values()} == {"cuda" if HAS_GPU else "cpu"}
-    assert len({results_of(d)[0]["pid"] for d in trial_dirs(tmp_path / "half")}) == 12
+    first = [results_of(d)[0] for d in trial_dirs(tmp_path / "half")]
+    assert len({row["pid"] for row in first}) == 12
+    assert {row["cache_on"] for row in first} == {"cuda" if HAS_GPU else "cpu"}   # the tensor path's cache
     # as on a cluster from `ray up`, which sets OMP_NUM_THREADS=1 for Ray's processes: a trial's torch threads
     # and loader processes follow the 2 CPUs Ray gave it all the same; without GPUs, processes are reused
     r = subprocess.run(RUN + common + ["--space", "smoke", "--samples", "8", "--name", "none", "--gpus-per-trial", "0",
@@ -743,7 +745,7 @@ def test_logical_gpus_pack_trials_and_each_trial_trains_where_ray_put_it(tmp_pat
     assert {(dev, g) for dev, g, *_ in placements(tmp_path / "none").values()} == {("cpu", "")}
     rows = [results_of(d)[0] for d in trial_dirs(tmp_path / "none")]
     assert len(rows) == 8 and {(row["threads"], row["loader_workers"]) for row in rows} == {(2, 2)}
-    assert len({row["pid"] for row in rows}) < 8
+    assert len({row["pid"] for row in rows}) < 8 and not any("cache_on" in row for row in rows)
 
 
 def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_epoch(tmp_path):

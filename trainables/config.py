@@ -59,7 +59,7 @@ class TrainConfig:
     min_scale: float = knob(0.75, "smallest random-resized-crop area, as a fraction of the image",
                             low=0.0, high=1.0, low_open=True)
     tta: bool = knob(True, "also evaluate with test-time augmentation after the last epoch")
-    precision: str = knob("auto", "auto = bf16 on a GPU that has it, else fp32",
+    precision: str = knob("auto", "auto = native bf16 on a GPU that has it, else fp16 on a GPU, else fp32",
                           choices=("auto", "fp32", "bf16", "fp16"))
     pipeline: str = knob("fastai", "data path: fastai's (PIL per image, the reference) or tensor (a uint8 cache "
                          "augmented by the batch on the model's device)", choices=("fastai", "tensor"))

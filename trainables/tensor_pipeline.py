@@ -151,6 +151,7 @@ def build_tensor_dls(cfg: TrainConfig, idx: DatasetIndex, device: torch.device, 
     train_dl = TensorLoader(train, size=cfg.size, bs=cfg.bs, shuffle=True, drop_last=True, **common)
     valid_dl = TensorLoader(valid, size=cfg.size, bs=cfg.bs, shuffle=False, **common)
     dls = DataLoaders(train_dl, valid_dl, device=device)
+    dls.cache_on = images.device.type   # each epoch's metrics say where the cache is (the line above is a log's)
     stages = {s: train_dl.new(size=s) for s in {cfg.size_at(e) for e in range(cfg.epochs)}}
     stages[cfg.size] = train_dl
     return dls, stages

@@ -102,6 +102,7 @@ class EpochMetrics(Callback):
             "size": self.cfg.size_at(self.epoch),
             "epoch_s": time.perf_counter() - self.t0,
             "images_per_s": self.images / max(self.train_s, 1e-9),
+            **({"cache_on": self.dls.cache_on} if hasattr(self.dls, "cache_on") else {}),   # the tensor path's
         })
 
 
