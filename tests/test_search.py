@@ -609,10 +609,11 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
 
 
 @contextlib.contextmanager
-def ray_cluster(env: dict):
-    """A cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU, two workers of
-    8 CPUs and 1 GPU each (logical), with token authentication on. Yields its address, the head's node ids
-    and the environment of a driver that has the cluster's token."""
+def ray_cluster(env: dict, workers: int = 2):
+    """A cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU, `workers` of
+    8 CPUs and 1 GPU each (logical), with token authentication on. Yields its address, the head's node ids,
+    the environment of a driver that has the cluster's token, and join(cpus): a worker of `cpus` CPUs and
+    no GPU joins, and it returns once the worker is up."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -647,12 +648,15 @@ def ray_cluster(env: dict):
             return subprocess.run([sys.executable, "-c", probe, str(n)], env=node_env, capture_output=True, text=True,
                                   timeout=180).stdout.strip()
         head_id = alive(1)
-        for n in (2, 3):  # one at a time: two started at once on this machine did not both join
-            nodes.append(subprocess.Popen([ray, "start", f"--address=127.0.0.1:{port}", "--num-cpus=8",
-                                           "--num-gpus=1", *small[1:]], env=node_env, stdout=subprocess.DEVNULL,
+
+        def join(cpus: int, gpus: int = 0):  # one at a time: two started at once on this machine did not both join
+            nodes.append(subprocess.Popen([ray, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={cpus}",
+                                           f"--num-gpus={gpus}", *small[1:]], env=node_env, stdout=subprocess.DEVNULL,
                                           stderr=subprocess.DEVNULL, start_new_session=True))
-            alive(n)
-        yield f"127.0.0.1:{port}", set(eval(head_id)), env
+            alive(len(nodes))
+        for _ in range(workers):
+            join(8, 1)
+        yield f"127.0.0.1:{port}", set(eval(head_id)), env, join
     finally:
         for node in reversed(nodes):
             with contextlib.suppress(ProcessLookupError):
@@ -672,7 +676,7 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     ships to the workers, and the storage is checked."""
     args = ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
             "--name", "cl", "--address", address_placeholder := "ADDRESS", "--storage", str(tmp_path / "shared"), *FAST]
-    with ray_cluster(os.environ) as (address, head_ids, env):
+    with ray_cluster(os.environ) as (address, head_ids, env, _):
         args[args.index(address_placeholder)] = address
         wrong = subprocess.run(RUN + args, cwd=tmp_path, env={**env, "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2},
                                capture_output=True, text=True, timeout=600)
@@ -695,6 +699,29 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     assert len(nodes_used) == 2 and not nodes_used & head_ids   # one trial on each GPU worker
     assert {g for _, g, *_ in placed.values()} == {"0"}
     assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up
+
+
+def test_a_cluster_search_widens_as_nodes_join(tmp_path):
+    """On a cluster the width follows the nodes Ray has, not those it had at launch. Started on a head of 8
+    CPUs at 4 CPUs a trial (2 at once, and so 4 running or waiting), the search runs more than 4 at once
+    after a worker of 32 CPUs joins, as it would use the nodes an autoscaler adds."""
+    args = ["--space", "smoke", "--samples", "16", "--max-epochs", "8", "--scheduler", "none", "--searcher", "random",
+            "--cpus-per-trial", "4", "--gpus-per-trial", "0", "--name", "grow", "--address", "ADDRESS",
+            "--storage", str(tmp_path / "shared"), *FAST]
+    exp = tmp_path / "shared" / "grow"
+    with ray_cluster(os.environ, workers=0) as (address, _, env, join):
+        args[args.index("ADDRESS")] = address
+        search = subprocess.Popen(RUN + args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True)
+        deadline = time.time() + 300
+        while not (exp.is_dir() and trial_dirs(exp)) and search.poll() is None and time.time() < deadline:
+            time.sleep(0.5)
+        join(32)
+        out, err = search.communicate(timeout=600)
+    assert search.returncode == 0, out[-3000:] + err[-3000:]
+    placed = placements(exp)
+    # a row's timestamp is in whole seconds, so a span may start up to 1 s early: trials of 8 epochs overlap longer
+    assert len(placed) == 16 and most_at_once([(s + 1, e) for *_, s, e in placed.values()]) > 4
 
 
 def placements(exp: Path) -> dict:

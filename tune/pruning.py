@@ -20,6 +20,7 @@
 from __future__ import annotations
 
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -36,14 +37,20 @@ from tune.study import backup_study, searcher_storage
 from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
 
 
+WIDTH_EVERY_S = 5.0   # how often a cluster's width is read again (TruthfulOptunaSearch.width)
+
+
 class TruthfulOptunaSearch(OptunaSearch):
+    widen, _width, _width_at = None, 0, 0.0   # what a searcher pickled before `widen` existed restores with
+
     def __init__(self, *args, max_epochs: int, startup: int = 0, experiment: str = "",
-                 mirror: bool = False, budget: str | None = None, warm=None, **kwargs):
+                 mirror: bool = False, budget: str | None = None, warm=None, widen: dict | None = None, **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
         `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
         `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI;
         `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts;
-        `warm`: the past trials a new study starts with and the configs it tries first (tune.warm.Warm)."""
+        `warm`: the past trials a new study starts with and the configs it tries first (tune.warm.Warm);
+        `widen`: one trial's resources on a cluster, whose width follows the nodes it has (width())."""
         self._warm = warm
         super().__init__(*args, **kwargs)
         self.budget = budget
@@ -56,6 +63,16 @@ class TruthfulOptunaSearch(OptunaSearch):
         # searcher's snapshot can be newer than Ray's (they are uploaded apart), and a trial only it knows
         # would never end and hold a start-up slot for ever
         self._live = set()
+        self.widen = widen
+
+    def width(self) -> int:
+        """Trials running or waiting on a cluster: twice what its nodes hold now (read again every few
+        seconds, so nodes an autoscaler adds widen the search), at least TPE's start-up count. Ray's
+        ConcurrencyLimiter would fix it at launch."""
+        if time.time() - self._width_at > WIDTH_EVERY_S:
+            from tune.resources import slots
+            self._width, self._width_at = max(2 * slots(self.widen), self.startup), time.time()
+        return self._width
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
@@ -77,6 +94,8 @@ class TruthfulOptunaSearch(OptunaSearch):
     def suggest(self, trial_id):
         if self._budget_spent():
             return Searcher.FINISHED
+        if self.widen and trial_id not in self._ot_trials and len(self._live) >= self.width():
+            return None  # Tune asks again at its next step
         finished = self._finished() if self.startup else 0
         if self.startup and trial_id not in self._ot_trials and finished < self.startup:
             if finished + len(self._live) >= self.startup:
