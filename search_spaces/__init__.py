@@ -31,6 +31,12 @@ SEARCH_SPLIT = "holdout"   # unless a space or --set names another
 SEARCH_OPTIONS = {"samples": int, "max_epochs": int, "grace_period": int, "reduction_factor": int}
 
 
+def searched_keys(raw: dict) -> set:
+    """The keys a space in its file format searches, read as written: a space an older version saved with a
+    search need not parse now (a key since removed, say)."""
+    return {k for k, v in raw.items() if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in KINDS}
+
+
 class SpaceError(ConfigError):
     """A space that cannot be searched; one line naming the key and the problem."""
 

@@ -28,7 +28,7 @@ import optuna
 from optuna.exceptions import StorageInternalError, UpdateFinishedTrialError
 from optuna.trial import TrialState
 from ray.tune.schedulers import ASHAScheduler
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -37,20 +37,37 @@ from tune.study import backup_study, searcher_storage
 from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
 
 
-WIDTH_EVERY_S = 5.0   # how often a cluster's width is read again (TruthfulOptunaSearch.width)
+WIDTH_EVERY_S = 5.0   # how often a cluster's width is read again (WideningLimiter)
+
+
+class WideningLimiter(ConcurrencyLimiter):
+    """Ray's concurrency limit (its count of live trials, mended on a resume by tune.trials.mend_search_state),
+    with the limit read again every few seconds on a cluster: twice the trials its nodes hold now, at least
+    TPE's start-up count, so nodes an autoscaler adds widen the search. Ray's own is fixed at launch."""
+
+    def __init__(self, searcher: Searcher, resources: dict, startup: int):
+        self.resources, self.startup, self.read_at = resources, startup, 0.0
+        super().__init__(searcher, max_concurrent=self.width())
+
+    def width(self) -> int:
+        from tune.resources import slots
+        self.read_at = time.time()
+        return max(2 * slots(self.resources), self.startup, 1)
+
+    def suggest(self, trial_id):
+        if time.time() - self.read_at > WIDTH_EVERY_S:
+            self.max_concurrent = self.width()
+        return super().suggest(trial_id)
 
 
 class TruthfulOptunaSearch(OptunaSearch):
-    widen, _width, _width_at = None, 0, 0.0   # what a searcher pickled before `widen` existed restores with
-
     def __init__(self, *args, max_epochs: int, startup: int = 0, experiment: str = "",
-                 mirror: bool = False, budget: str | None = None, warm=None, widen: dict | None = None, **kwargs):
+                 mirror: bool = False, budget: str | None = None, warm=None, **kwargs):
         """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
         `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
         `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI;
         `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts;
-        `warm`: the past trials a new study starts with and the configs it tries first (tune.warm.Warm);
-        `widen`: one trial's resources on a cluster, whose width follows the nodes it has (width())."""
+        `warm`: the past trials a new study starts with and the configs it tries first (tune.warm.Warm)."""
         self._warm = warm
         super().__init__(*args, **kwargs)
         self.budget = budget
@@ -63,16 +80,6 @@ class TruthfulOptunaSearch(OptunaSearch):
         # searcher's snapshot can be newer than Ray's (they are uploaded apart), and a trial only it knows
         # would never end and hold a start-up slot for ever
         self._live = set()
-        self.widen = widen
-
-    def width(self) -> int:
-        """Trials running or waiting on a cluster: twice what its nodes hold now (read again every few
-        seconds, so nodes an autoscaler adds widen the search), at least TPE's start-up count. Ray's
-        ConcurrencyLimiter would fix it at launch."""
-        if time.time() - self._width_at > WIDTH_EVERY_S:
-            from tune.resources import slots
-            self._width, self._width_at = max(2 * slots(self.widen), self.startup), time.time()
-        return self._width
 
     def _setup_study(self, mode):
         super()._setup_study(mode)
@@ -94,8 +101,6 @@ class TruthfulOptunaSearch(OptunaSearch):
     def suggest(self, trial_id):
         if self._budget_spent():
             return Searcher.FINISHED
-        if self.widen and trial_id not in self._ot_trials and len(self._live) >= self.width():
-            return None  # Tune asks again at its next step
         finished = self._finished() if self.startup else 0
         if self.startup and trial_id not in self._ot_trials and finished < self.startup:
             if finished + len(self._live) >= self.startup:

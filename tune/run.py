@@ -112,10 +112,9 @@ def settings_for(args):
                  time_budget_s=parse_duration(args.time_budget) if args.time_budget else None,
                  warm_start=[w if "://" in w else str(Path(w).expanduser().resolve()) for w in args.warm_start] or None,
                  **opt)
-    from tune.trials import Experiment
     from tune.warm import read_settings
     for w in s.warm_start or []:  # a mistyped folder stops here, before Ray starts or data is prepared
-        read_settings(Experiment(w), w)
+        read_settings(w)
     if s.experiment.exists():
         raise UsageError(f"{s.experiment} already exists; pick another --name, or continue it with "
                          f"--resume {s.experiment}")

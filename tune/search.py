@@ -35,7 +35,7 @@ from tune import resources  # noqa: E402
 from tune.budget import Budget, BudgetStopper  # noqa: E402
 from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
-from tune.pruning import ResumableASHA, TruthfulOptunaSearch  # noqa: E402
+from tune.pruning import ResumableASHA, TruthfulOptunaSearch, WideningLimiter  # noqa: E402
 from tune.trials import (PROGRESS_FILE, RESULT_FILE, SETTINGS_FILE, STEP, STUDY_FILE, checkpoint_state,  # noqa: E402
                          ended_as, read_text, trial_dirname, with_history)
 from tune.study import searcher_storage  # noqa: E402
@@ -169,7 +169,7 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
         return None
 
 
-def searcher(s: Settings, warm=None, widen: dict | None = None) -> TruthfulOptunaSearch:
+def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
     startup = startup_trials(s.samples) if s.searcher == "tpe" else 0
     if s.searcher == "tpe":
         from tune.warm import space_distributions
@@ -182,7 +182,7 @@ def searcher(s: Settings, warm=None, widen: dict | None = None) -> TruthfulOptun
     storage = searcher_storage(s.experiment / STUDY_FILE)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
                                 startup=startup, experiment=s.location, mirror=bool(s.storage),
-                                budget=str(s.experiment) if s.time_budget_s else None, warm=warm, widen=widen)
+                                budget=str(s.experiment) if s.time_budget_s else None, warm=warm)
 
 
 def scheduler(s: Settings):
@@ -273,17 +273,18 @@ def trainable(res: dict):
 def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
     """A new search; `res` is one trial's resources (tune.resources.per_trial). On one machine as many trials
     run at once as it holds. On a cluster up to twice what its nodes hold, read again as nodes join (at
-    least TPE's start-up count; the searcher's width()): Ray places what it can and the rest wait PENDING,
-    which is what an autoscaler scales on, while waiting trials do not hold configs drawn long before they
-    run (Tune keeps as many pending as the limit here, so it is the search's size). `warm`: the past trials
-    the study starts with (tune/warm.py)."""
-    widen = res if s.address and not s.concurrent else None
-    concurrent = s.concurrent or (s.samples if widen else resources.slots(res))
+    least TPE's start-up count; WideningLimiter): Ray places what it can and the rest wait PENDING, which is
+    what an autoscaler scales on, while waiting trials do not hold configs drawn long before they run.
+    `warm`: the past trials the study starts with (tune/warm.py)."""
+    alg = searcher(s, warm)
+    if s.address and not s.concurrent:
+        alg, concurrent = WideningLimiter(alg, res, alg.startup), None
+    else:
+        concurrent = s.concurrent or resources.slots(res)
     return tune.Tuner(
         trainable(res),
         param_space=param_space(s),
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=searcher(s, warm, widen),
-                                    scheduler=scheduler(s),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=alg, scheduler=scheduler(s),
                                     num_samples=s.samples, max_concurrent_trials=concurrent,
                                     # a trial's process runs the next one (seconds of start-up saved), but
                                     # Ray caches a stopped trial's process with its thread still waiting in

@@ -99,7 +99,9 @@ def mend_search_state(location: str, samples: int | None = None) -> int:
         state = pickle.loads(f.readall())
     live = {t for t, (status, _) in snap.items() if status not in RAY_ENDED}
     lost = state["counter"] - len(snap)
-    limiter = state.get("name:ConcurrencyLimiter")
+    # Ray's ConcurrencyLimiter, or on a cluster tune.pruning.WideningLimiter: the state that counts live trials
+    limiter = next((v for k, v in state.items() if k.startswith("name:") and isinstance(v, dict)
+                    and "live_trials" in v), None)
     if lost == 0 and samples is None and (not limiter or limiter["live_trials"] == live):
         return 0
     state["counter"] = len(snap)
@@ -320,10 +322,10 @@ class Experiment:
     def trials(self, study=None) -> list[Trial]:
         """Every trial with its config, searched values, epochs, status, error and checkpoints. The status
         comes from the study where it has the trial, else from the folder (error.txt, epochs trained)."""
-        from search_spaces import parse
+        from search_spaces import searched_keys
         from trainables.config import ConfigError, TrainConfig
         settings = self.settings()
-        searched = set(parse(settings["space"], settings["space_name"]).params) if settings else set()
+        searched = searched_keys(settings["space"]) if settings else set()
         told = {t.user_attrs["ray_trial_id"]: t for t in (study.trials if study else []) if "ray_trial_id" in t.user_attrs}
         out = []
         for trial_id in self.trial_ids():

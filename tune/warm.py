@@ -21,7 +21,7 @@ from pathlib import Path
 
 from optuna.trial import TrialState, create_trial
 
-from search_spaces import KINDS
+from search_spaces import searched_keys
 from tune.cli import UsageError
 from tune.trials import Experiment
 
@@ -58,11 +58,12 @@ def differences(config: dict, task: dict, theirs: dict | None, ours: dict | None
     return out
 
 
-def read_settings(exp: Experiment, location: str) -> dict:
-    """A past search's search.json, or one line that says why it cannot be a source."""
+def read_settings(location: str) -> tuple[Experiment, dict]:
+    """A past search and its search.json, or one line that says why it cannot be a source."""
     try:
+        exp = Experiment(location)
         settings = exp.settings() if exp.exists() else None
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError) as e:   # pyarrow's errors of a URI it cannot use are ValueErrors
         raise UsageError(f"--warm-start {location}: its search.json cannot be read ({str(e).splitlines()[0]})") from None
     if not settings:
         raise UsageError(f"--warm-start {location}: not a search started by tune/run.py (no search.json)")
@@ -70,7 +71,22 @@ def read_settings(exp: Experiment, location: str) -> dict:
     if missing or not isinstance(settings["space"], dict):
         raise UsageError(f"--warm-start {location}: its search.json is not one tune/run.py wrote "
                          f"(no {', '.join(missing) or 'space'})")
-    return settings
+    return exp, settings
+
+
+def trials_of(exp: Experiment, settings: dict, location: str) -> Experiment:
+    """Where a past search's trials are: a search run with --storage keeps them there, and its study and
+    search.json in the folder given."""
+    if not (settings.get("storage") and exp.local):
+        return exp
+    there = Experiment(f"{settings['storage'].rstrip('/')}/{settings['name']}")
+    try:
+        found = there.exists()
+    except (OSError, ValueError):
+        found = False
+    if not found:
+        raise UsageError(f"--warm-start {location}: its trials are kept in {there.location}, which cannot be read here")
+    return there
 
 
 def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
@@ -78,11 +94,8 @@ def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
     """(what the new study starts with, the lines that say what was done) from one past search.
     `distributions`: the new study's {key: Optuna distribution}, as Ray's OptunaSearch converts the space;
     `task`: every other key's value in this search (tune.warm.warm_trials); `fingerprints`: its data's."""
-    exp = Experiment(location)
-    settings = read_settings(exp, location)
-    # a search run with --storage keeps its trials there, and its study beside search.json
-    trials_at = Experiment(f"{settings['storage'].rstrip('/')}/{settings['name']}") if settings.get("storage") \
-        and exp.local else exp
+    exp, settings = read_settings(location)
+    trials_at = trials_of(exp, settings, location)
     with tempfile.TemporaryDirectory() as tmp:
         db = exp.study_file()
         study = None
@@ -91,13 +104,8 @@ def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
                 if f.is_file():
                     shutil.copy2(f, Path(tmp) / f.name)
             study = Experiment(location, home=Path(tmp)).study()
-        try:
-            trials = trials_at.trials(study)
-        except OSError as e:
-            raise UsageError(f"--warm-start {location}: its trials in {trials_at.location} cannot be read "
-                             f"({str(e).splitlines()[0]})") from None
-    # the keys it searched, from its saved space as written: a space an older version wrote need not parse now
-    theirs = {k for k, v in settings["space"].items() if isinstance(v, dict) and len(v) == 1 and next(iter(v)) in KINDS}
+        trials = trials_at.trials(study)
+    theirs = searched_keys(settings["space"])
     searched_here = set(distributions)
     old_epochs = settings["max_epochs"]
     name = exp.name
@@ -163,10 +171,14 @@ def warm_trials(locations: list[str], distributions: dict, max_epochs: int, fixe
     `fixed`: the new space's fixed keys; a past trial's task is compared on every key not searched here."""
     from trainables.config import TrainConfig
     task = {k: v for k, v in TrainConfig.from_dict(fixed).to_dict().items() if k not in distributions}
-    warm, notes, queued = Warm(), [], set()
-    for loc in dict.fromkeys(locations):
-        if locations.count(loc) > 1:
-            notes.append(f"--warm-start {loc} is given {locations.count(loc)} times: its trials enter once")
+    warm, notes, queued, seen = Warm(), [], set(), {}
+    for loc in locations:
+        _, settings = read_settings(loc)
+        search = (settings.get("root"), settings["name"])   # its folder and its --storage URI are one search
+        if search in seen:
+            notes.append(f"--warm-start {loc} is the search {seen[search]} names too: its trials enter once")
+            continue
+        seen[search] = loc
         w, n = past_trials(loc, distributions, max_epochs, task, fingerprints)
         warm.trials += w.trials
         for params, attrs in w.first:  # a search warm-started from another ran that one's best configs first too
