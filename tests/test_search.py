@@ -612,8 +612,8 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
 def ray_cluster(env: dict, workers: int = 2):
     """A cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU, `workers` of
     8 CPUs and 1 GPU each (logical), with token authentication on. Yields its address, the head's node ids,
-    the environment of a driver that has the cluster's token, and join(cpus): a worker of `cpus` CPUs and
-    no GPU joins, and it returns once the worker is up."""
+    the environment of a driver that has the cluster's token, and join(cpus, gpus=0): a worker of that shape
+    joins, and it returns once the worker is up."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

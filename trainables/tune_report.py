@@ -89,11 +89,11 @@ def tune_trainable(config: dict) -> None:
     if not gpu_ids:  # Ray leaves a GPU-less trial's CUDA_VISIBLE_DEVICES as it is: fastai would touch GPU 0
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
     device = trial_device(gpu_ids, torch.cuda.is_available())
-    given = tune.get_context().get_trial_resources().required_resources
-    share = min(1.0, given.get("GPU", 0.0)) or 1.0
+    granted = tune.get_context().get_trial_resources().required_resources
+    share = min(1.0, granted.get("GPU", 0.0)) or 1.0
     # Ray sets OMP_NUM_THREADS to a trial's CPUs only where it is unset (`ray up` sets it to 1): torch's
     # threads, and the loader processes counted from them, follow what Ray gave this trial
-    torch.set_num_threads(max(1, int(given.get("CPU", 1))))
+    torch.set_num_threads(max(1, int(granted.get("CPU", 1))))
     place = dict(device=device, gpu_share=share)
     reporter = TuneReporter({"device": device, "gpu_ids": ",".join(map(str, gpu_ids)),  # text: not a TensorBoard scalar
                              "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),

@@ -52,7 +52,7 @@ class WideningLimiter(ConcurrencyLimiter):
     def width(self) -> int:
         from tune.resources import slots
         self.read_at = time.time()
-        return max(2 * slots(self.resources), self.startup, 1)
+        return max(2 * slots(self.resources), self.startup)   # slots() is at least 1
 
     def suggest(self, trial_id):
         if time.time() - self.read_at > WIDTH_EVERY_S:

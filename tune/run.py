@@ -240,11 +240,13 @@ def main(argv=None):
         if args.samples is not None and args.samples < s.samples:  # as many: a retry of an extension that failed
             raise UsageError(f"--resume --samples {args.samples}: the search has {s.samples} trials; "
                              "--samples can only add trials")
-        if args.time_budget and args.samples is None:
-            raise UsageError("--resume --time-budget gives the trials --samples adds their own time; it needs --samples")
-        if args.time_budget and not s.time_budget_s:  # its searcher and stopper were saved without one
-            raise UsageError(f"--resume --time-budget: {s.name} ran without a time budget, and a resume cannot add one")
-        if args.time_budget:   # on top of what the search has spent so far
+        if args.time_budget:   # this much more from now, on top of what the search has spent
+            if args.samples is None:
+                raise UsageError("--resume --time-budget gives the trials --samples adds their own time; it needs "
+                                 "--samples")
+            if not s.time_budget_s:  # its searcher and stopper were saved without one
+                raise UsageError(f"--resume --time-budget: {s.name} ran without a time budget, and a resume cannot "
+                                 "add one")
             s.time_budget_s = spent_before(s.experiment) + parse_duration(args.time_budget)
         elif args.samples and s.time_budget_s and spent_before(s.experiment) >= s.time_budget_s:
             raise UsageError(f"--resume --samples {args.samples}: the search's time budget ({shown(s.time_budget_s)}) "

@@ -37,7 +37,7 @@ from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
 from tune.pruning import ResumableASHA, TruthfulOptunaSearch, WideningLimiter  # noqa: E402
 from tune.trials import (PROGRESS_FILE, RESULT_FILE, SETTINGS_FILE, STEP, STUDY_FILE, checkpoint_state,  # noqa: E402
-                         ended_as, read_text, trial_dirname, with_history)
+                         ended_as, location_of, read_text, trial_dirname, with_history)
 from tune.study import searcher_storage  # noqa: E402
 
 METRIC, MODE = "accuracy", "max"
@@ -76,7 +76,7 @@ class Settings:
     @property
     def location(self) -> str:
         """Where Ray keeps the trials and its state (tune/trials.py)."""
-        return f"{self.storage.rstrip('/')}/{self.name}" if self.storage else str(self.experiment)
+        return location_of(self.root, self.name, self.storage)
 
     def parsed_space(self) -> Space:
         # a search saved before spaces chose on the holdout scored its trials on val/: it resumes so

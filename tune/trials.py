@@ -47,6 +47,11 @@ CHECKPOINT_PREFIX = "checkpoint_"
 STATUS_OF_OPTUNA = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "errored"}
 
 
+def location_of(root: str, name: str, storage: str | None) -> str:
+    """Where Ray keeps a search's trials and its state: under --storage, else in the driver's folder."""
+    return f"{storage.rstrip('/')}/{name}" if storage else str(Path(root) / name)
+
+
 def ended_as(epochs: int, max_epochs: int, failed: bool = False, budget_spent: bool = False) -> str:
     """How a trial that Ray ended ended: errored, completed (its whole schedule), stopped by the time
     budget, or pruned (stopped early by ASHA)."""

@@ -23,7 +23,7 @@ from optuna.trial import TrialState, create_trial
 
 from search_spaces import searched_keys
 from tune.cli import UsageError
-from tune.trials import Experiment
+from tune.trials import Experiment, location_of
 
 METRIC = "accuracy"
 FIRST = 2   # configs of each source tried first: its best, and a second in case the best was luck
@@ -79,7 +79,7 @@ def trials_of(exp: Experiment, settings: dict, location: str) -> Experiment:
     search.json in the folder given."""
     if not (settings.get("storage") and exp.local):
         return exp
-    there = Experiment(f"{settings['storage'].rstrip('/')}/{settings['name']}")
+    there = Experiment(location_of(settings.get("root", ""), settings["name"], settings["storage"]))
     try:
         found = there.exists()
     except (OSError, ValueError):
@@ -89,12 +89,11 @@ def trials_of(exp: Experiment, settings: dict, location: str) -> Experiment:
     return there
 
 
-def past_trials(location: str, distributions: dict, max_epochs: int, task: dict,
+def past_trials(location: str, exp: Experiment, settings: dict, distributions: dict, max_epochs: int, task: dict,
                 fingerprints: dict | None = None) -> tuple[Warm, list[str]]:
-    """(what the new study starts with, the lines that say what was done) from one past search.
+    """(what the new study starts with, the lines that say what was done) from one past search (read_settings).
     `distributions`: the new study's {key: Optuna distribution}, as Ray's OptunaSearch converts the space;
     `task`: every other key's value in this search (tune.warm.warm_trials); `fingerprints`: its data's."""
-    exp, settings = read_settings(location)
     trials_at = trials_of(exp, settings, location)
     with tempfile.TemporaryDirectory() as tmp:
         db = exp.study_file()
@@ -173,13 +172,13 @@ def warm_trials(locations: list[str], distributions: dict, max_epochs: int, fixe
     task = {k: v for k, v in TrainConfig.from_dict(fixed).to_dict().items() if k not in distributions}
     warm, notes, queued, seen = Warm(), [], set(), {}
     for loc in locations:
-        _, settings = read_settings(loc)
+        exp, settings = read_settings(loc)
         search = (settings.get("root"), settings["name"])   # its folder and its --storage URI are one search
         if search in seen:
             notes.append(f"--warm-start {loc} is the search {seen[search]} names too: its trials enter once")
             continue
         seen[search] = loc
-        w, n = past_trials(loc, distributions, max_epochs, task, fingerprints)
+        w, n = past_trials(loc, exp, settings, distributions, max_epochs, task, fingerprints)
         warm.trials += w.trials
         for params, attrs in w.first:  # a search warm-started from another ran that one's best configs first too
             key = tuple(sorted(params.items()))
