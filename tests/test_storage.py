@@ -162,14 +162,21 @@ def test_a_search_on_s3_killed_mid_way_resumes_from_the_store_alone_and_agrees(s
     env, client = s3
     name = f"killed3-{tmp_path.name[-1]}"  # a rerun's own name: the store keeps the first attempt's
     args = ["--space", "smoke", "--samples", "6", "--max-epochs", "3", "--grace-period", "1", "--name", name,
-            "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", *FAST]
+            "--results", str(tmp_path), "--storage", f"s3://{BUCKET}", "--time-budget", "1h", *FAST]
     home = tmp_path / name
-    kill_when(args, tmp_path, env, finished(home, 2))
+
+    def spent():   # the time spent, as of the last snapshot S3 holds
+        b = json.loads(read(client, f"{name}/budget.json"))
+        return b["spent_before_s"] + b["last_seen"] - b["started"]
+    kill_when(args, tmp_path, env, lambda: finished(home, 2)() and spent() > 0)
+    spent = spent()
     # another driver, with only the store: the driver's folder is made again from what S3 mirrors
     shutil.rmtree(home)
     r = search(["--resume", f"s3://{BUCKET}/{name}"], tmp_path, env)
     assert f"made the search's folder {home}" in r.stdout
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    # the time the killed driver spent counts against the budget here too
+    assert json.loads((home / "budget.json").read_text())["spent_before_s"] == pytest.approx(spent)
     trials, _ = check_agreement(client, name, home, 3, from_mirror=True)
     lost = {t.user_attrs["ray_trial_id"] for t in study(home).trials if "lost" in t.user_attrs}
     assert len(set(trials) - lost) == 6   # a trial lost with the snapshot it ran after is run anew

@@ -153,3 +153,37 @@ def test_a_wide_searchs_first_guided_wave_does_not_copy_its_one_completed_trial(
     optunas = sum(copies(seed, gamma=None) for seed in range(6))   # None: Optuna's own default_gamma
     assert optunas >= 48, optunas                              # at least 2 in 3 copy it
     assert (ours := sum(copies(seed) for seed in range(6))) <= 36, ours   # at most half
+
+
+def test_a_warm_starts_copy_of_a_source_written_meanwhile_is_taken_again(tmp_path, monkeypatch):
+    """A source search still running can write its WAL between the copies of its study and its WAL
+    (tune/warm.py's copy_quiet): the copy is taken again, and a source that never stops is one line."""
+    import shutil
+
+    from tune import warm
+    from tune.cli import UsageError
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir(), dst.mkdir()
+    db, wal = src / "study.db", src / "study.db-wal"
+    db.write_bytes(b"pages")
+    wal.write_bytes(b"frame 1")
+    checkpoints = 1
+
+    def copy_while_written(a, b):   # the source's driver checkpoints just after its study file is copied
+        nonlocal checkpoints
+        copy(a, b)
+        if a == db and checkpoints:
+            checkpoints -= 1
+            db.write_bytes(db.read_bytes() + b" + " + wal.read_bytes())   # the WAL's frames move into the file
+            wal.write_bytes(b"frame 2")                                   # and the WAL starts again
+
+    copy = shutil.copy2
+    monkeypatch.setattr(warm.shutil, "copy2", copy_while_written)
+    warm.copy_quiet([db, wal], dst, "results/old")
+    # taken once, the copy would hold the study without frame 1 and a WAL without it either
+    assert (dst / "study.db").read_bytes() == b"pages + frame 1"
+    assert (dst / "study.db-wal").read_bytes() == b"frame 2"
+
+    checkpoints = 3
+    with pytest.raises(UsageError, match="results/old: its study changed while each of 3 copies"):
+        warm.copy_quiet([db, wal], dst, "results/old", tries=3)

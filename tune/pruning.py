@@ -19,6 +19,7 @@
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 import warnings
@@ -34,7 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from tune.budget import Budget
 from tune.study import backup_study, searcher_storage
-from tune.trials import RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
+from tune.trials import BUDGET_FILE, RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
 
 
 WIDTH_EVERY_S = 5.0   # how often a cluster's width is read again (WideningLimiter)
@@ -118,7 +119,10 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._tell_untold()
         super().save(checkpoint_path)
         if self.mirror:  # Ray writes the snapshot into a folder it then uploads whole
-            backup_study(Path(self._storage.url.removeprefix("sqlite:///")), Path(checkpoint_path).parent / STUDY_FILE)
+            db, snapshot = Path(self._storage.url.removeprefix("sqlite:///")), Path(checkpoint_path).parent
+            backup_study(db, snapshot / STUDY_FILE)
+            if (db.parent / BUDGET_FILE).is_file():  # the time spent goes with the study: a resume elsewhere counts it
+                shutil.copy2(db.parent / BUDGET_FILE, snapshot / BUDGET_FILE)
 
     def restore(self, checkpoint_path: str):
         """Ray uploads its own state and the searcher's apart, so after a kill either can be the newer: a

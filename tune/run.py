@@ -131,8 +131,8 @@ def settings_for(args):
 def home_of(location: str) -> Path:
     """The driver's folder of a search kept in an object store. On another machine it is made again, at the
     path it had (Ray's and Optuna's state name it), from what the store mirrors: search.json and the study
-    of Ray's last snapshot."""
-    from tune.trials import SETTINGS_FILE, STUDY_FILE, Experiment
+    of Ray's last snapshot, and the time a --time-budget has spent."""
+    from tune.trials import BUDGET_FILE, SETTINGS_FILE, STUDY_FILE, Experiment, read_text
     exp = Experiment(location.rstrip("/"))
     try:
         settings = exp.settings()
@@ -149,6 +149,8 @@ def home_of(location: str) -> Path:
         db = exp.study_file()
         if db is not None:
             (home / STUDY_FILE).write_bytes(db.read_bytes())
+        if (spent := read_text(exp.fs, f"{exp.path}/{BUDGET_FILE}")) is not None:   # with --time-budget
+            (home / BUDGET_FILE).write_text(spent)
         (home / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")  # last: it marks the folder whole
         print(f"made the search's folder {home} from {location}", flush=True)
     return home

@@ -16,9 +16,9 @@
 A search with `--storage` (a folder every node of a cluster mounts, or a URI pyarrow takes, such as
 s3://bucket/prefix) has two places: the trials and Ray's state at <storage>/<name>, and the driver's home,
 results/<name>, with search.json, the live study (SQLite wants a local disk: its locks fail on NFS) and
-the export. The home's files are mirrored to the storage: search.json at the start, the study at each of
-Ray's snapshots (in step with Ray's state), the export at the end; so any machine can export from the
-storage alone.
+the export. The home's files are mirrored to the storage: search.json at the start, the study and
+budget.json at each of Ray's snapshots (in step with Ray's state), the export at the end; so any machine
+can export from the storage alone.
 
 Export, report, resume and the benchmarks read through `Experiment`; everything goes through pyarrow's
 filesystems. Ray's ExperimentAnalysis is not used because it knows only the trials of Ray's last snapshot

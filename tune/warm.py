@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,25 @@ def fits(dist, value) -> bool:
         return dist._contains(dist.to_internal_repr(value))
     except (ValueError, TypeError):
         return False
+
+
+def copy_quiet(files: list[Path], dst: Path, location: str, tries: int = 5) -> None:
+    """Copies a study and its write-ahead log as one state: a source still running may write between the
+    two, so the copy is taken again until neither file changed while it was made."""
+    def stamps():
+        return [(f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else None for f in files]
+    for _ in range(tries):
+        before = stamps()
+        for f in files:
+            if f.is_file():
+                shutil.copy2(f, dst / f.name)
+            else:
+                (dst / f.name).unlink(missing_ok=True)
+        if stamps() == before:
+            return
+        time.sleep(0.5)
+    raise UsageError(f"--warm-start {location}: its study changed while each of {tries} copies was made; "
+                     "warm-start from it once it has stopped")
 
 
 @dataclass
@@ -99,9 +119,7 @@ def past_trials(location: str, exp: Experiment, settings: dict, distributions: d
         db = exp.study_file()
         study = None
         if db is not None:   # a copy (with its write-ahead log): opening the study itself would write beside it
-            for f in (db, db.with_name(db.name + "-wal")):
-                if f.is_file():
-                    shutil.copy2(f, Path(tmp) / f.name)
+            copy_quiet([db, db.with_name(db.name + "-wal")], Path(tmp), location)
             study = Experiment(location, home=Path(tmp)).study()
         trials = trials_at.trials(study)
     theirs = searched_keys(settings["space"])
