@@ -772,6 +772,19 @@ def test_logical_gpus_pack_trials_and_each_trial_trains_where_ray_put_it(tmp_pat
     assert len({row["pid"] for row in rows}) < 6 and not any("cache_on" in row for row in rows)
 
 
+def test_bf16_on_gpus_that_only_emulate_it_is_refused_before_a_trial_starts(tmp_path):
+    """Ray names a node's GPU (accelerator_type:T4 on a T4 machine, here given as a logical resource): an
+    explicit bf16 there would fail in every trial, so the search stops at launch, in one line."""
+    env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": 2, "GPU": 1, "accelerator_type:T4": 1})}
+    r = subprocess.run(RUN + ["--space", "smoke", "--set", "precision=bf16", "--gpus-per-trial", "1", "--name", "t4",
+                              "--results", str(tmp_path), *FAST], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "error: precision=bf16: T4 GPUs have no native bfloat16 (only emulated, slower than fp32), and trials placed "
+        "there fail; use precision=auto (fp16 with gradient scaling there) or fp16"]
+    assert not (tmp_path / "t4").exists()
+
+
 def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_epoch(tmp_path):
     r = run(["--space", "smoke", "--samples", "8", "--max-epochs", "4", "--grace-period", "2", "--name", "tb",
              "--results", str(tmp_path), "--time-budget", "4s", *FAST], tmp_path)

@@ -89,6 +89,17 @@ def nodes() -> list[dict]:
             for n in ray.nodes() if n.get("Alive")]
 
 
+# GPUs Ray names by device 0 of each node (its accelerator_type resource) that have bf16 only emulated
+# (compute capability under 8.0): slower than fp32 there, so an explicit precision=bf16 is refused
+NO_NATIVE_BF16 = {"V100", "P100", "P40", "P4", "T4", "K80", "M60"}
+
+
+def emulated_bf16() -> list[str]:
+    """The accelerator types of the live GPU nodes that lack native bf16 (an unnamed GPU is not judged)."""
+    return sorted({k.split(":", 1)[1] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")
+                   for k in n["Resources"] if k.startswith("accelerator_type:")} & NO_NATIVE_BF16)
+
+
 def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape: list[dict] | None = None,
               cluster: bool = False) -> dict:
     """{"cpu": c, "gpu": g} for one trial, sized by the nodes (`shape`, default: this Ray's) that will hold it:
