@@ -876,6 +876,13 @@ def test_warm_start_adds_a_past_search_to_the_study_and_extending_it_adds_trials
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
+def test_past_searches_are_named_by_their_folder_unless_two_share_one():
+    from tune.warm import source_names
+    assert source_names(["/r/a/old", "/r/b/old", "/r/new", "s3://bucket/x/new"]) == {
+        "/r/a/old": "/r/a/old", "/r/b/old": "/r/b/old", "/r/new": "new", "s3://bucket/x/new": "s3://bucket/x/new"}
+    assert source_names(["/r/old", "/r/old"]) == {"/r/old": "old"}   # one search given twice
+
+
 def test_warm_start_says_what_it_does_with_each_mismatch(smoke, tmp_path):
     _, source = smoke
     space = tmp_path / "narrow.yaml"   # a narrower lr, wd searched (fixed there), other searched keys fixed

@@ -70,6 +70,7 @@ def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> di
     """Writes the export into the experiment's home folder, and mirrors it where the trials are."""
     from trainables.provenance import git_commit, versions
     from tune.report import kinds_of, write_report
+    from tune.warm import source_names
     if not exp.exists():
         raise ExportError(f"no experiment at {exp.location}")
     experiment = exp.home
@@ -83,7 +84,7 @@ def export(exp: Experiment, metric: str = "accuracy", scope: str = "last") -> di
         "value": best.value(metric, scope), "chosen_on": chosen_on(best.config, exp.settings()),
         "epochs_trained": best.epochs, "status": best.status,
         "chosen_from": how, "searched": best.params, "trials": counts,
-        "warm_start": [Path(w).name if "://" not in w else w for w in (exp.settings() or {}).get("warm_start") or []],
+        "warm_start": list(source_names((exp.settings() or {}).get("warm_start") or []).values()),
         "versions": versions(), "git_commit": git_commit(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     write_json(experiment / "best_config.json", {"config": best.config, "provenance": provenance})

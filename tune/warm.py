@@ -78,6 +78,13 @@ def differences(config: dict, task: dict, theirs: dict | None, ours: dict | None
     return out
 
 
+def source_names(locations: list[str]) -> dict[str, str]:
+    """How lines and provenance name each past search: its folder's name, or where two sources share
+    one (results/a/old and results/b/old), the path as given; a URI in full."""
+    short = {loc: loc if "://" in loc else Path(loc).name for loc in locations}
+    return {loc: n if list(short.values()).count(n) == 1 else loc for loc, n in short.items()}
+
+
 def read_settings(location: str) -> tuple[Experiment, dict]:
     """A past search and its search.json, or one line that says why it cannot be a source."""
     try:
@@ -110,10 +117,11 @@ def trials_of(exp: Experiment, settings: dict, location: str) -> Experiment:
 
 
 def past_trials(location: str, exp: Experiment, settings: dict, distributions: dict, max_epochs: int, task: dict,
-                fingerprints: dict | None = None) -> tuple[Warm, list[str]]:
+                fingerprints: dict | None = None, name: str | None = None) -> tuple[Warm, list[str]]:
     """(what the new study starts with, the lines that say what was done) from one past search (read_settings).
     `distributions`: the new study's {key: Optuna distribution}, as Ray's OptunaSearch converts the space;
-    `task`: every other key's value in this search (tune.warm.warm_trials); `fingerprints`: its data's."""
+    `task`: every other key's value in this search (tune.warm.warm_trials); `fingerprints`: its data's;
+    `name`: how lines and the study name the source (source_names)."""
     trials_at = trials_of(exp, settings, location)
     with tempfile.TemporaryDirectory() as tmp:
         db = exp.study_file()
@@ -125,7 +133,7 @@ def past_trials(location: str, exp: Experiment, settings: dict, distributions: d
     theirs = searched_keys(settings["space"])
     searched_here = set(distributions)
     old_epochs = settings["max_epochs"]
-    name = exp.name
+    name = name or exp.name
     notes, out, outside, unfinished, elsewhere = [], [], [], 0, {}
     for t in trials:
         if t.status not in ("completed", "pruned") or not t.history:
@@ -188,7 +196,7 @@ def warm_trials(locations: list[str], distributions: dict, max_epochs: int, fixe
     `fixed`: the new space's fixed keys; a past trial's task is compared on every key not searched here."""
     from trainables.config import TrainConfig
     task = {k: v for k, v in TrainConfig.from_dict(fixed).to_dict().items() if k not in distributions}
-    warm, notes, queued, seen = Warm(), [], set(), {}
+    warm, notes, queued, seen, names = Warm(), [], set(), {}, source_names(locations)
     for loc in locations:
         exp, settings = read_settings(loc)
         search = (settings.get("root"), settings["name"])   # its folder and its --storage URI are one search
@@ -196,7 +204,7 @@ def warm_trials(locations: list[str], distributions: dict, max_epochs: int, fixe
             notes.append(f"--warm-start {loc} is the search {seen[search]} names too: its trials enter once")
             continue
         seen[search] = loc
-        w, n = past_trials(loc, exp, settings, distributions, max_epochs, task, fingerprints)
+        w, n = past_trials(loc, exp, settings, distributions, max_epochs, task, fingerprints, names[loc])
         warm.trials += w.trials
         for params, attrs in w.first:  # a search warm-started from another ran that one's best configs first too
             key = tuple(sorted(params.items()))
