@@ -780,8 +780,8 @@ def test_bf16_on_gpus_that_only_emulate_it_is_refused_before_a_trial_starts(tmp_
                               "--results", str(tmp_path), *FAST], cwd=tmp_path, env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        "error: precision=bf16: T4 GPUs have no native bfloat16 (only emulated, slower than fp32), and trials placed "
-        "there fail; use precision=auto (fp16 with gradient scaling there) or fp16"]
+        "error: precision=bf16: T4 GPUs have no native bfloat16 (only emulated, slower than fp32), and trials given "
+        "it there fail; use precision=auto (fp16 with gradient scaling there) or fp16"]
     assert not (tmp_path / "t4").exists()
 
 

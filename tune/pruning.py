@@ -33,6 +33,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from ray.tune.search.optuna import OptunaSearch
 from sqlalchemy.exc import SQLAlchemyError
 
+from trainables.files import atomic_file
 from tune.budget import Budget
 from tune.study import backup_study, searcher_storage
 from tune.trials import BUDGET_FILE, RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
@@ -120,9 +121,10 @@ class TruthfulOptunaSearch(OptunaSearch):
         super().save(checkpoint_path)
         if self.mirror:  # Ray writes the snapshot into a folder it then uploads whole
             db, snapshot = Path(self._storage.url.removeprefix("sqlite:///")), Path(checkpoint_path).parent
-            backup_study(db, snapshot / STUDY_FILE)
+            # whole files only: Ray may still be uploading the last snapshot's while this one is written
+            atomic_file(snapshot / STUDY_FILE, lambda tmp: backup_study(db, tmp))
             if (db.parent / BUDGET_FILE).is_file():  # the time spent goes with the study: a resume elsewhere counts it
-                shutil.copy2(db.parent / BUDGET_FILE, snapshot / BUDGET_FILE)
+                atomic_file(snapshot / BUDGET_FILE, lambda tmp: shutil.copy2(db.parent / BUDGET_FILE, tmp))
 
     def restore(self, checkpoint_path: str):
         """Ray uploads its own state and the searcher's apart, so after a kill either can be the newer: a

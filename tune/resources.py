@@ -5,6 +5,7 @@ import contextlib
 import logging
 import math
 import os
+import re
 import sys
 import tempfile
 import uuid
@@ -89,15 +90,17 @@ def nodes() -> list[dict]:
             for n in ray.nodes() if n.get("Alive")]
 
 
-# GPUs Ray names by device 0 of each node (its accelerator_type resource) that have bf16 only emulated
-# (compute capability under 8.0): slower than fp32 there, so an explicit precision=bf16 is refused
-NO_NATIVE_BF16 = {"V100", "P100", "P40", "P4", "T4", "K80", "M60"}
+# GPUs as Ray names them (accelerator_type, from device 0 of each node) that have bf16 only emulated
+# (compute capability under 8.0: Kepler to Turing), so slower than fp32 there. A name that is not surely
+# one of them (Ray gives "RTX-6000" to both the Turing Quadro and the Ada card) is not judged.
+NO_NATIVE_BF16 = re.compile(r"GV100|V100S?|T4|T\d{3,4}|[KMP]\d+m?|TITAN-(V|RTX|Xp?)|GeForce-GTX-.*|GeForce-RTX-20.*")
 
 
 def emulated_bf16() -> list[str]:
-    """The accelerator types of the live GPU nodes that lack native bf16 (an unnamed GPU is not judged)."""
+    """The accelerator types of the live GPU nodes that lack native bf16."""
     return sorted({k.split(":", 1)[1] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")
-                   for k in n["Resources"] if k.startswith("accelerator_type:")} & NO_NATIVE_BF16)
+                   for k in n["Resources"] if k.startswith("accelerator_type:")
+                   and NO_NATIVE_BF16.fullmatch(k.split(":", 1)[1])})
 
 
 def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape: list[dict] | None = None,

@@ -264,11 +264,12 @@ def main(argv=None):
     resources.start_ray(s.address)
     res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial, cluster=bool(s.address))  # and impossible ones
     if res["gpu"] and "bf16" in values_of(space, "precision") and (slow := resources.emulated_bf16()):
-        msg = (f"precision=bf16: {', '.join(slow)} GPUs have no native bfloat16 (only emulated, slower than fp32), "
-               "and trials placed there fail; use precision=auto (fp16 with gradient scaling there) or fp16")
+        chosen = "precision's choices include bf16" if "precision" in space.params else "precision=bf16"
+        msg = (f"{chosen}: {', '.join(slow)} GPUs have no native bfloat16 (only emulated, slower than fp32), "
+               "and trials given it there fail; use precision=auto (fp16 with gradient scaling there) or fp16")
         if not s.address:
             raise UsageError(msg)
-        print(f"warning: {msg}", flush=True)   # the cluster's other GPU nodes may have it
+        print(f"warning: {msg}", file=sys.stderr, flush=True)   # the cluster's other GPU nodes may have it
     if not args.resume:
         if space.requires == "gpu" and not res["gpu"] and not args.allow_cpu:
             refuse_on_cpus(space, s)

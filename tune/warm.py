@@ -14,6 +14,7 @@ is only read (its study is read from a copy).
 """
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
 import time
@@ -39,16 +40,24 @@ def fits(dist, value) -> bool:
 
 def copy_quiet(files: list[Path], dst: Path, location: str, tries: int = 5) -> None:
     """Copies a study and its write-ahead log as one state: a source still running may write between the
-    two, so the copy is taken again until neither file changed while it was made."""
+    two, so the copy is taken again until neither file changed while it was made (SQLite deletes the
+    log when the source closes, which counts as a change)."""
     def stamps():
-        return [(f.stat().st_size, f.stat().st_mtime_ns) if f.is_file() else None for f in files]
+        out = []
+        for f in files:
+            try:
+                st = f.stat()
+                out.append((st.st_size, st.st_mtime_ns))
+            except FileNotFoundError:
+                out.append(None)
+        return out
     for _ in range(tries):
         before = stamps()
-        for f in files:
-            if f.is_file():
-                shutil.copy2(f, dst / f.name)
-            else:
-                (dst / f.name).unlink(missing_ok=True)
+        for f, was in zip(files, before):
+            (dst / f.name).unlink(missing_ok=True)
+            if was is not None:
+                with contextlib.suppress(FileNotFoundError):   # gone since: the stamps differ, and it is taken again
+                    shutil.copy2(f, dst / f.name)
         if stamps() == before:
             return
         time.sleep(0.5)
