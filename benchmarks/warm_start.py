@@ -2,19 +2,21 @@
 
 For each sampler seed and transfer: a source search (one the user already has: its cost is reported,
 not counted), then the target search twice with the same seed, cold and warm-started from the source.
-Both transfers are ones a user makes, on real photos (a stratified subset: 200 training and 30 val/
+Both transfers are ones a user makes, on real photos (a stratified subset: 500 training and 30 val/
 images a class) with `real_cpu`'s space cut to 12 trials of at most 6 epochs (grace period 3). Trials
-are chosen on half of each class's training images (holdout_frac 0.5: 1,000 images, one standard error
-about 1.6 points at 40%); with the default 20% of 100 a class (200 images, 3.5 points) a search's final
-best was the largest of 12 draws that noisy, which a config truly as good matched only by luck.
+train on 100 images a class and are chosen on the other 400 (holdout_frac 0.8: 4,000 images, one
+standard error about 0.8 points at 40%). A search's final best is the largest of its trials' scores, so
+the noisier each score, the more the bar sits above what its best config truly reaches: with the
+default 20% of 100 a class (200 images, 3.5 points), and still with 1,000 images (1.6 points), a config
+truly as good matched it only by luck.
   same-photos: the same photos at a larger size, 64 px -> 96 px;
   generated-to-real: the default generated data (at the subset's size) -> the real photos at 64 px, a
     source whose best config need not be the target's (what a misleading source does).
 The anytime curve counts a trial's accuracy once it completes (benchmarks/search_efficiency.py); each
 row also says how the source's best configs, which the warm search runs first, did there.
 Target: in every seed the warm search reaches the cold search's final best with at most a third of the
-cold search's epochs, and on average ends no worse. Each seed is saved as it finishes (about 5 minutes a
-seed per transfer on the 2-core CPU, 31 minutes in all): benchmarks/results/warm_start.{json,png}.
+cold search's epochs, and on average ends no worse. Each seed is saved as it finishes (about 8 minutes a
+seed per transfer on the 2-core CPU, 49 minutes in all): benchmarks/results/warm_start.{json,png}.
 """
 import argparse
 import statistics
@@ -26,8 +28,8 @@ from search_efficiency import anytime, draw_curve, epochs_to_reach, run_search
 
 from tune.trials import Experiment
 
-SAMPLES, BUDGET = 12, ["--max-epochs", "6", "--grace-period", "3", "--set", "holdout_frac=0.5"]
-TRAIN, VAL = 200, 30  # images a class
+SAMPLES, BUDGET = 12, ["--max-epochs", "6", "--grace-period", "3", "--set", "holdout_frac=0.8"]
+TRAIN, VAL = 500, 30  # images a class
 TRANSFERS = {
     "same-photos": ("real photos at 64 px -> the same at 96 px", ["--set", "size=64"], ["--set", "size=96"]),
     "generated-to-real": ("generated data -> real photos, both at 64 px", ["--set", "size=64"], ["--set", "size=64"]),
