@@ -16,7 +16,8 @@ The anytime curve counts a trial's accuracy once it completes (benchmarks/search
 row also says how the source's best configs, which the warm search runs first, did there.
 Target: in every seed the warm search reaches the cold search's final best with at most a third of the
 cold search's epochs, and on average ends no worse. Each seed is saved as it finishes (about 8 minutes a
-seed per transfer on the 2-core CPU, 49 minutes in all): benchmarks/results/warm_start.{json,png}.
+seed per transfer on the 2-core CPU, 49 minutes in all): benchmarks/results/warm_start.{json,png}, or
+--name NAME.{json,png}.
 """
 import argparse
 import statistics
@@ -90,6 +91,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--transfers", nargs="+", choices=list(TRANSFERS), default=list(TRANSFERS))
+    p.add_argument("--name", default="warm_start", help="the results' name under benchmarks/results/")
     args = p.parse_args()
     rows, curves = [], {t: [] for t in args.transfers}
     with tempfile.TemporaryDirectory() as tmp:
@@ -113,11 +115,11 @@ def main():
                              "tried_first": tried_first(warm)})
                 curves[transfer] += [("cold", c), ("warm", w)]
                 print(rows[-1], flush=True)
-                save("warm_start", {"subset": f"real photos, {TRAIN} train + {VAL} val/ images a class",
+                save(args.name, {"subset": f"real photos, {TRAIN} train + {VAL} val/ images a class",
                                     "budget": " ".join(["--samples", str(SAMPLES), *BUDGET]), "space": "real_cpu",
                                     "transfers": {t: TRANSFERS[t][0] for t in args.transfers},
                                     "rows": rows, "summary": summarize(rows)})
-                plot({t: v for t, v in curves.items() if v}, RESULTS / "warm_start.png")
+                plot({t: v for t, v in curves.items() if v}, RESULTS / f"{args.name}.png")
 
 
 if __name__ == "__main__":
