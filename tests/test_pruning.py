@@ -15,10 +15,9 @@ from tune.trials import Experiment
 _folders = itertools.count()
 
 
-class Trial:  # all ASHA reads of a trial is its id, and the scheduler its config
-    def __init__(self, trial_id, config=None):
+class Trial:  # all ASHA reads of a trial is its id
+    def __init__(self, trial_id):
         self.trial_id = trial_id
-        self.config = config or {}
 
 
 def experiment(root: Path, history=None, stopped=None) -> Path:
@@ -51,23 +50,6 @@ def decide(s, trial_id, epoch, accuracy):
     t = Trial(trial_id)
     s.on_trial_add(None, t)
     return s.on_trial_result(None, t, {"epoch": epoch, "accuracy": accuracy})
-
-
-def test_a_warm_starts_best_past_config_is_recorded_at_the_rungs_but_not_stopped(tmp_path):
-    best = {"lr": 0.01, "mixup_alpha": 0.4}
-    s = ResumableASHA(time_attr="epoch", max_t=8, grace_period=2, reduction_factor=2,
-                      experiment=str(experiment(tmp_path)), unstopped=[best])
-    s.set_search_properties("accuracy", "max")
-    trials = {"ahead": {"lr": 0.02, "mixup_alpha": 0.0, "size": 96}, "best": {**best, "size": 96},
-              "other": {"lr": 0.01, "mixup_alpha": 0.5, "size": 96}}
-    for trial_id, config in trials.items():
-        s.on_trial_add(None, Trial(trial_id, config))
-    step = {t: s.on_trial_result(None, Trial(t, c), {"epoch": 2, "accuracy": a})
-            for (t, c), a in zip(trials.items(), (0.6, 0.3, 0.3))}
-    assert step == {"ahead": TrialScheduler.CONTINUE, "best": TrialScheduler.CONTINUE, "other": TrialScheduler.STOP}
-    assert s._num_stopped == 1
-    # its value still counts at the rung: the rung's median is 0.3 with it (0.6, 0.3, 0.3), 0.45 without
-    assert decide(s, "late", 2, 0.35) == TrialScheduler.CONTINUE
 
 
 def test_rungs_rebuilt_from_earlier_results_stop_a_trial_an_uninterrupted_search_would_stop(tmp_path):

@@ -857,7 +857,6 @@ def test_warm_start_adds_a_past_search_to_the_study_and_extending_it_adds_trials
     new = [t for t in trials if "warm_start" not in t.user_attrs]
     assert [t.user_attrs.get("source_trial") for t in new[:2]] == best_two   # the source's best two run first
     assert [t.params for t in new[:2]] == [old[i].params for i in best_two]
-    assert new[0].state.name == "COMPLETE" and len(new[0].intermediate_values) == SMOKE_EPOCHS   # the best ran on
     assert f"its best 2 config(s) run first: {', '.join(best_two)}" in r.stdout
     assert [t.user_attrs["guided"] for t in new] == [False, False, True]   # then TPE, from the first
     best = json.loads((exp / "best_config.json").read_text())

@@ -294,27 +294,18 @@ class ResumableASHA(ASHAScheduler):
     """ASHA whose rungs start from the results already in `experiment`, and which keeps the study's earlier
     stops (plain ASHA would let a trial that comes back go on: its rungs hold its own earlier values)."""
 
-    def __init__(self, *args, experiment: str, home: str | None = None, unstopped: list | None = None, **kwargs):
+    def __init__(self, *args, experiment: str, home: str | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self._experiment = experiment
         self._home = home
         self._stopped = {}
         self._replayed = False
-        # configs ASHA records at its rungs but does not stop: a warm start's best past config, known to end
-        # well on a neighbouring task, which a rung that holds one other trial would otherwise judge
-        self._unstopped = unstopped or []
 
     def on_trial_result(self, tune_controller, trial, result):
         if trial.trial_id in self._stopped:  # the study closed it: stopped (no checkpoints) or failed
             self._num_stopped += 1
             return self.STOP
-        action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP and result.get(STEP, 0) < self._max_t and any(
-                all(trial.config.get(k) == v for k, v in p.items())
-                for p in getattr(self, "_unstopped", [])):   # a search pickled before it had one resumes too
-            self._num_stopped -= 1
-            return self.CONTINUE
-        return action
+        return super().on_trial_result(tune_controller, trial, result)
 
     def on_trial_add(self, tune_controller, trial):
         if not self._replayed:  # the metric's sign is only known once Tune has set the search properties

@@ -185,14 +185,11 @@ def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
                                 budget=str(s.experiment) if s.time_budget_s else None, warm=warm)
 
 
-def scheduler(s: Settings, warm=None):
-    """ASHA, or none; each warm-start source's best config (its first `first`) runs to its end."""
+def scheduler(s: Settings):
     if s.scheduler == "none":
         return FIFOScheduler()
-    best = {a["first_from"]: p for p, a in reversed(warm.first)} if warm else {}
     return ResumableASHA(time_attr=STEP, max_t=s.max_epochs, grace_period=s.grace_period,
-                         reduction_factor=s.reduction_factor, experiment=s.location, home=str(s.experiment),
-                         unstopped=list(best.values()))
+                         reduction_factor=s.reduction_factor, experiment=s.location, home=str(s.experiment))
 
 
 class TrialBoard(LoggerCallback):
@@ -287,7 +284,7 @@ def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
     return tune.Tuner(
         trainable(res),
         param_space=param_space(s),
-        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=alg, scheduler=scheduler(s, warm),
+        tune_config=tune.TuneConfig(metric=METRIC, mode=MODE, search_alg=alg, scheduler=scheduler(s),
                                     num_samples=s.samples, max_concurrent_trials=concurrent,
                                     # a trial's process runs the next one (seconds of start-up saved), but
                                     # Ray caches a stopped trial's process with its thread still waiting in

@@ -8,7 +8,7 @@ TPE ranks every completed trial of the new search above pruned ones, so the past
 suggestions and the new search's own results take over as they come (the guard against a source whose
 best config is not this task's). TPE models them from the new search's first trial (its start-up count
 is met by finished trials, which these are), and each source's best two configs run first (Optuna's
-enqueue_trial), marked `first_from`; ASHA lets the best one run to its end (tune/search.py's scheduler). Nothing is guessed: a past trial whose value of a searched key lies
+enqueue_trial), marked `first_from`. Nothing is guessed: a past trial whose value of a searched key lies
 outside the new space is left out, and every such choice is said in one line. The past search's folder
 is only read (its study is read from a copy).
 """
