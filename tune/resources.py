@@ -98,9 +98,9 @@ NO_NATIVE_BF16 = re.compile(r"GV100|V100S?|T4|T\d{3,4}|[KMP]\d+m?|TITAN-(V|RTX|X
 
 def emulated_bf16() -> list[str]:
     """The accelerator types of the live GPU nodes that lack native bf16."""
-    return sorted({k.split(":", 1)[1] for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")
-                   for k in n["Resources"] if k.startswith("accelerator_type:")
-                   and NO_NATIVE_BF16.fullmatch(k.split(":", 1)[1])})
+    types = {k.removeprefix("accelerator_type:") for n in ray.nodes() if n.get("Alive") and n["Resources"].get("GPU")
+             for k in n["Resources"] if k.startswith("accelerator_type:")}
+    return sorted(t for t in types if NO_NATIVE_BF16.fullmatch(t))
 
 
 def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape: list[dict] | None = None,

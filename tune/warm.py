@@ -38,27 +38,27 @@ def fits(dist, value) -> bool:
         return False
 
 
+def stamp(f: Path) -> tuple[int, int] | None:
+    """A file's size and modification time, or None where it is not there."""
+    try:
+        st = f.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
 def copy_quiet(files: list[Path], dst: Path, location: str, tries: int = 5) -> None:
     """Copies a study and its write-ahead log as one state: a source still running may write between the
     two, so the copy is taken again until neither file changed while it was made (SQLite deletes the
     log when the source closes, which counts as a change)."""
-    def stamps():
-        out = []
-        for f in files:
-            try:
-                st = f.stat()
-                out.append((st.st_size, st.st_mtime_ns))
-            except FileNotFoundError:
-                out.append(None)
-        return out
     for _ in range(tries):
-        before = stamps()
+        before = [stamp(f) for f in files]
         for f, was in zip(files, before):
             (dst / f.name).unlink(missing_ok=True)
             if was is not None:
                 with contextlib.suppress(FileNotFoundError):   # gone since: the stamps differ, and it is taken again
                     shutil.copy2(f, dst / f.name)
-        if stamps() == before:
+        if [stamp(f) for f in files] == before:
             return
         time.sleep(0.5)
     raise UsageError(f"--warm-start {location}: its study changed while each of {tries} copies was made; "
