@@ -1,23 +1,25 @@
 """Does a warm start (--warm-start) save a search's epochs? python benchmarks/warm_start.py [--seeds 0 1 2]
 
-For each sampler seed and transfer: a source search (one the user already has: its cost is reported,
-not counted), then the target search twice with the same seed, cold and warm-started from the source.
-Both transfers are ones a user makes, on real photos (a stratified subset: 500 training and 30 val/
-images a class) with `real_cpu`'s space cut to 12 trials of at most 6 epochs (grace period 3). Trials
-train on 100 images a class and are chosen on the other 400 (holdout_frac 0.8: 4,000 images, one
-standard error about 0.8 points at 40%). A search's final best is the largest of its trials' scores, so
-the noisier each score, the more the bar sits above what its best config truly reaches: with the
-default 20% of 100 a class (200 images, 3.5 points), and still with 1,000 images (1.6 points), a config
-truly as good matched it only by luck.
-  same-photos: the same photos at a larger size, 64 px -> 96 px;
-  generated-to-real: the default generated data (at the subset's size) -> the real photos at 64 px, a
-    source whose best config need not be the target's (what a misleading source does).
+For each sampler seed: a source search (one the user already has: its cost is reported, not counted),
+then for each transfer the target search twice with the same seed, cold and warm-started from the
+source. The source is drawn with another sampler seed (100 more): with the targets' own, the cold
+search's random start-up configs would be the source's first ones, so it would share the source's luck. On real photos (a stratified subset: 500 training and 30 val/ images a class), `real_cpu`'s
+space. The source is that space's own search, 32 trials, cut to at most 6 epochs (grace period 3) at
+64 px; the targets have 12 trials. Trials train on 100 images a class and are chosen on the other 400
+(holdout_frac 0.8: 4,000 images, one standard error about 0.8 points at 40%). Transfers, each one a user
+makes, both from the same source search:
+  more-epochs: the same photos at a larger budget: 64 px, 6 -> 10 epochs (grace period 4, the space's own);
+  larger-size: the real photos at one size into another, 64 px -> 96 px (as from imagenette-160 to -320);
+  generated-to-real (with --transfers): the default generated data into the real photos at 64 px, its own
+    source: a source whose best config need not be the target's (what a misleading source does).
+A search's final best is the largest of its trials' scores, so a warm search meets the target only where
+a config it runs early scores at or above the best of the cold search's 12 trials: the source is the
+space's own search of 32 so that the configs it hands on are the best of more trials than that.
 The anytime curve counts a trial's accuracy once it completes (benchmarks/search_efficiency.py); each
 row also says how the source's best configs, which the warm search runs first, did there.
 Target: in every seed the warm search reaches the cold search's final best with at most a third of the
-cold search's epochs, and on average ends no worse. Each seed is saved as it finishes (about 8 minutes a
-seed per transfer on the 2-core CPU, 49 minutes in all): benchmarks/results/warm_start.{json,png}, or
---name NAME.{json,png}.
+cold search's epochs, and on average it ends no worse. Each transfer is saved as it finishes (about 23
+minutes a seed on the 2-core CPU): benchmarks/results/warm_start.{json,png}, or --name NAME.{json,png}.
 """
 import argparse
 import statistics
@@ -29,17 +31,26 @@ from search_efficiency import anytime, draw_curve, epochs_to_reach, run_search
 
 from tune.trials import Experiment
 
-SAMPLES, BUDGET = 12, ["--max-epochs", "6", "--grace-period", "3", "--set", "holdout_frac=0.8"]
+SOURCE_SAMPLES, TARGET_SAMPLES = 32, 12
+SOURCE_SEED = 100   # added to a target's sampler seed: the source draws its own configs
+HOLDOUT = ["--set", "holdout_frac=0.8"]
+SHORT = ["--max-epochs", "6", "--grace-period", "3"]
 TRAIN, VAL = 500, 30  # images a class
+# name: (what it is, source data, source flags, target flags); the target is always the real photos
 TRANSFERS = {
-    "same-photos": ("real photos at 64 px -> the same at 96 px", ["--set", "size=64"], ["--set", "size=96"]),
-    "generated-to-real": ("generated data -> real photos, both at 64 px", ["--set", "size=64"], ["--set", "size=64"]),
+    "more-epochs": ("real photos at 64 px, 6 -> 10 epochs", "real", [*SHORT, "--set", "size=64"],
+                    ["--max-epochs", "10", "--grace-period", "4", "--set", "size=64"]),
+    "larger-size": ("real photos at 64 px -> 96 px", "real", [*SHORT, "--set", "size=64"],
+                    [*SHORT, "--set", "size=96"]),
+    "generated-to-real": ("generated data -> real photos, both at 64 px", "generated", [*SHORT, "--set", "size=64"],
+                          [*SHORT, "--set", "size=64"]),
 }
+DEFAULT = ["more-epochs", "larger-size"]
 
 
-def search(name: str, data: str, seed: int, root: Path, extra: list) -> Path:
-    """TPE + ASHA on real_cpu's space at BUDGET (search_efficiency's runner), named by `name`."""
-    return run_search("real_cpu", SAMPLES, seed, "tpe", "asha", root, ["--data", data, *BUDGET, *extra], tag=f"-{name}")
+def search(name: str, samples: int, data: str, seed: int, root: Path, extra: list) -> Path:
+    """TPE + ASHA on real_cpu's space (search_efficiency's runner), named by `name`."""
+    return run_search("real_cpu", samples, seed, "tpe", "asha", root, ["--data", data, *HOLDOUT, *extra], tag=f"-{name}")
 
 
 def tried_first(exp: Path) -> list[dict]:
@@ -90,21 +101,24 @@ def plot(curves: dict, path: Path) -> None:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--transfers", nargs="+", choices=list(TRANSFERS), default=list(TRANSFERS))
+    p.add_argument("--transfers", nargs="+", choices=list(TRANSFERS), default=DEFAULT)
     p.add_argument("--name", default="warm_start", help="the results' name under benchmarks/results/")
     args = p.parse_args()
     rows, curves = [], {t: [] for t in args.transfers}
     with tempfile.TemporaryDirectory() as tmp:
-        real = str(real_subset(Path(tmp) / "real", TRAIN, VAL, src=REAL_DATA))
-        generated = f"synthetic:train={TRAIN},val={VAL},seed=41"
+        data = {"real": str(real_subset(Path(tmp) / "real", TRAIN, VAL, src=REAL_DATA)),
+                "generated": f"synthetic:train={TRAIN},val={VAL},seed=41"}
         for seed in args.seeds:
+            root, sources = Path(tmp) / f"seed-{seed}", {}
             for transfer in args.transfers:
-                _, src_extra, dst_extra = TRANSFERS[transfer]
-                root = Path(tmp) / f"{transfer}-{seed}"
-                source = search("source", generated if transfer == "generated-to-real" else real, seed, root,
-                                src_extra)
-                cold = search("cold", real, seed, root, dst_extra)
-                warm = search("warm", real, seed, root, [*dst_extra, "--warm-start", str(source)])
+                _, src_data, src_extra, dst_extra = TRANSFERS[transfer]
+                if src_data not in sources:   # transfers from the same photos share one source search
+                    sources[src_data] = search(f"source-{src_data}", SOURCE_SAMPLES, data[src_data],
+                                               SOURCE_SEED + seed, root, src_extra)
+                source = sources[src_data]
+                cold = search(f"cold-{transfer}", TARGET_SAMPLES, data["real"], seed, root, dst_extra)
+                warm = search(f"warm-{transfer}", TARGET_SAMPLES, data["real"], seed, root,
+                              [*dst_extra, "--warm-start", str(source)])
                 s, c, w = anytime(source), anytime(cold), anytime(warm)
                 target = c[-1][1]
                 reach = epochs_to_reach(w, target)
@@ -116,9 +130,13 @@ def main():
                 curves[transfer] += [("cold", c), ("warm", w)]
                 print(rows[-1], flush=True)
                 save(args.name, {"subset": f"real photos, {TRAIN} train + {VAL} val/ images a class",
-                                    "budget": " ".join(["--samples", str(SAMPLES), *BUDGET]), "space": "real_cpu",
-                                    "transfers": {t: TRANSFERS[t][0] for t in args.transfers},
-                                    "rows": rows, "summary": summarize(rows)})
+                                 "source": " ".join(["--samples", str(SOURCE_SAMPLES), *HOLDOUT,
+                                                     f"(sampler seed: the target's + {SOURCE_SEED})"]),
+                                 "target": " ".join(["--samples", str(TARGET_SAMPLES), *HOLDOUT]),
+                                 "space": "real_cpu",
+                                 "transfers": {t: {"what": TRANSFERS[t][0], "source": " ".join(TRANSFERS[t][2]),
+                                                   "target": " ".join(TRANSFERS[t][3])} for t in args.transfers},
+                                 "rows": rows, "summary": summarize(rows)})
                 plot({t: v for t, v in curves.items() if v}, RESULTS / f"{args.name}.png")
 
 
