@@ -18,8 +18,8 @@ space's own search of 32 so that the configs it hands on are the best of more tr
 The anytime curve counts a trial's accuracy once it completes (benchmarks/search_efficiency.py); each
 row also says how the source's best configs, which the warm search runs first, did there.
 Target: in every seed the warm search reaches the cold search's final best with at most a third of the
-cold search's epochs, and on average it ends no worse. Each transfer is saved as it finishes (about 23
-minutes a seed on the 2-core CPU): benchmarks/results/warm_start.{json,png}, or --name NAME.{json,png}.
+cold search's epochs, and on average it ends no worse. Each transfer is saved as it finishes (about 19
+minutes a seed on the 2-core CPU, 56 in all): benchmarks/results/warm_start.{json,png}, or --name NAME.{json,png}.
 """
 import argparse
 import statistics
