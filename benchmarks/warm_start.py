@@ -3,9 +3,10 @@
 For each sampler seed: a source search (one the user already has: its cost is reported, not counted),
 then for each transfer the target search twice with the same seed, cold and warm-started from the
 source. The source is drawn with another sampler seed (100 more): with the targets' own, the cold
-search's random start-up configs would be the source's first ones, so it would share the source's luck. On real photos (a stratified subset: 500 training and 30 val/ images a class), `real_cpu`'s
-space. The source is that space's own search, 32 trials, cut to at most 6 epochs (grace period 3) at
-64 px; the targets have 12 trials. Trials train on 100 images a class and are chosen on the other 400
+search's random start-up configs would be the source's first ones, so it would share the source's luck.
+On real photos (a stratified subset: 500 training and 30 val/ images a class), `real_cpu`'s space. The
+source is that space's own search, 32 trials, cut to at most 6 epochs (grace period 3) at 64 px; the
+targets have 12 trials. Trials train on 100 images a class and are chosen on the other 400
 (holdout_frac 0.8: 4,000 images, one standard error about 0.8 points at 40%). Transfers, each one a user
 makes, both from the same source search:
   more-epochs: the same photos at a larger budget: 64 px, 6 -> 10 epochs (grace period 4, the space's own);
@@ -35,22 +36,22 @@ SOURCE_SAMPLES, TARGET_SAMPLES = 32, 12
 SOURCE_SEED = 100   # added to a target's sampler seed: the source draws its own configs
 HOLDOUT = ["--set", "holdout_frac=0.8"]
 SHORT = ["--max-epochs", "6", "--grace-period", "3"]
+SOURCE = [*SHORT, "--set", "size=64"]   # every source search's budget, whatever its data
 TRAIN, VAL = 500, 30  # images a class
-# name: (what it is, source data, source flags, target flags); the target is always the real photos
+# name: (what it is, source data, target flags); the target is always the real photos
 TRANSFERS = {
-    "more-epochs": ("real photos at 64 px, 6 -> 10 epochs", "real", [*SHORT, "--set", "size=64"],
+    "more-epochs": ("real photos at 64 px, 6 -> 10 epochs", "real",
                     ["--max-epochs", "10", "--grace-period", "4", "--set", "size=64"]),
-    "larger-size": ("real photos at 64 px -> 96 px", "real", [*SHORT, "--set", "size=64"],
-                    [*SHORT, "--set", "size=96"]),
-    "generated-to-real": ("generated data -> real photos, both at 64 px", "generated", [*SHORT, "--set", "size=64"],
-                          [*SHORT, "--set", "size=64"]),
+    "larger-size": ("real photos at 64 px -> 96 px", "real", [*SHORT, "--set", "size=96"]),
+    "generated-to-real": ("generated data -> real photos, both at 64 px", "generated", SOURCE),
 }
 DEFAULT = ["more-epochs", "larger-size"]
 
 
 def search(name: str, samples: int, data: str, seed: int, root: Path, extra: list) -> Path:
     """TPE + ASHA on real_cpu's space (search_efficiency's runner), named by `name`."""
-    return run_search("real_cpu", samples, seed, "tpe", "asha", root, ["--data", data, *HOLDOUT, *extra], tag=f"-{name}")
+    return run_search("real_cpu", samples, seed, "tpe", "asha", root, ["--data", data, *HOLDOUT, *extra],
+                      tag=f"-{name}")
 
 
 def tried_first(exp: Path) -> list[dict]:
@@ -111,10 +112,10 @@ def main():
         for seed in args.seeds:
             root, sources = Path(tmp) / f"seed-{seed}", {}
             for transfer in args.transfers:
-                _, src_data, src_extra, dst_extra = TRANSFERS[transfer]
+                _, src_data, dst_extra = TRANSFERS[transfer]
                 if src_data not in sources:   # transfers from the same photos share one source search
                     sources[src_data] = search(f"source-{src_data}", SOURCE_SAMPLES, data[src_data],
-                                               SOURCE_SEED + seed, root, src_extra)
+                                               SOURCE_SEED + seed, root, SOURCE)
                 source = sources[src_data]
                 cold = search(f"cold-{transfer}", TARGET_SAMPLES, data["real"], seed, root, dst_extra)
                 warm = search(f"warm-{transfer}", TARGET_SAMPLES, data["real"], seed, root,
@@ -130,12 +131,12 @@ def main():
                 curves[transfer] += [("cold", c), ("warm", w)]
                 print(rows[-1], flush=True)
                 save(args.name, {"subset": f"real photos, {TRAIN} train + {VAL} val/ images a class",
-                                 "source": " ".join(["--samples", str(SOURCE_SAMPLES), *HOLDOUT,
+                                 "source": " ".join(["--samples", str(SOURCE_SAMPLES), *HOLDOUT, *SOURCE,
                                                      f"(sampler seed: the target's + {SOURCE_SEED})"]),
                                  "target": " ".join(["--samples", str(TARGET_SAMPLES), *HOLDOUT]),
                                  "space": "real_cpu",
-                                 "transfers": {t: {"what": TRANSFERS[t][0], "source": " ".join(TRANSFERS[t][2]),
-                                                   "target": " ".join(TRANSFERS[t][3])} for t in args.transfers},
+                                 "transfers": {t: {"what": TRANSFERS[t][0], "source data": TRANSFERS[t][1],
+                                                   "target": " ".join(TRANSFERS[t][2])} for t in args.transfers},
                                  "rows": rows, "summary": summarize(rows)})
                 plot({t: v for t, v in curves.items() if v}, RESULTS / f"{args.name}.png")
 
