@@ -11,11 +11,11 @@ reach random search's final best (as a fraction of random search's epochs; the a
 benchmarks/search_efficiency.py), their final best, and how many of TPE's trials were guided (chosen by
 the model rather than at random; the study's `guided` attribute). Targets: at 16 at once TPE + ASHA
 reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
-Saves benchmarks/results/search_width.json (or NAME.json) after every seed; the rows this run does not
-make (other seeds, or methods left out with --methods) are kept from the saved file when it is of the same
-space, trials and widths, each row with the date and commit of its own run. A seed that keeps rows (a
-method left out) takes random search's final best from them instead of running it again, so that all of
-its rows are measured against one bar.
+Saves benchmarks/results/search_width.json (or NAME.json) after every search; the rows this run does not
+make (other seeds, widths, or methods left out with --methods) are kept from the saved file, each row with
+the date and commit of its own run, so a long run can be split into parts; a file of another space or
+number of trials is refused, not written over. A seed the file already has a row of takes random search's final best from it instead of
+running it again, so that all of its rows are measured against one bar (start a new NAME to redo it).
 """
 import argparse
 import json
@@ -68,8 +68,8 @@ def main():
     run = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            # the seed's rows this run keeps were measured against its saved random search: reuse that bar
-            if kept := [r for r in saved if r["seed"] == seed and r["method"].split()[0] not in args.methods]:
+            # the seed's saved rows were measured against its random search: reuse that bar
+            if kept := [r for r in saved if r["seed"] == seed]:
                 target, total = kept[0]["random_best"], kept[0]["random_epochs"]
                 print(f"seed {seed}: random search {target:.4f} after {total} epochs (saved)", flush=True)
             else:
@@ -96,13 +96,13 @@ def key(row) -> tuple:
 
 
 def saved_rows(args) -> list:
-    """The saved rows of a run of the same space, trials and widths, each with the date and commit of its run."""
+    """The saved rows of a run of the same space and trials, each with the date and commit of its run."""
     f = RESULTS / f"{args.name}.json"
     if not f.is_file():
         return []
     old = json.loads(f.read_text())
-    if (old["space"], old["samples"], old["widths"]) != (args.space, args.samples, args.widths):
-        return []
+    if (old["space"], old["samples"]) != (args.space, args.samples):   # its rows would be written over
+        sys.exit(f"{f} holds a search of `{old['space']}` with {old['samples']} trials: give this one another --name")
     return [{**r, "run": r.get("run") or {"date": old["date"], "git_commit": old["git_commit"]}}
             for r in old["per_seed"]]
 
@@ -115,8 +115,8 @@ def merged(saved: list, rows: list) -> list:
 
 
 def payload(args, rows, wall) -> dict:
-    summary = {}
-    for width in args.widths:
+    summary, widths = {}, sorted({r["width"] for r in rows})
+    for width in widths:
         for method in ("tpe + ASHA", "random + ASHA"):
             mine = [r for r in rows if r["width"] == width and r["method"] == method]
             if not mine:
@@ -128,7 +128,7 @@ def payload(args, rows, wall) -> dict:
                 "mean_final_best": statistics.mean(r["final_best"] for r in mine if r["final_best"] is not None),
                 "guided_trials": [r["guided_trials"] for r in mine],
                 "mean_wall_s": statistics.mean(r["wall_s"] for r in mine)}
-    return {"space": args.space, "samples": args.samples, "widths": args.widths,
+    return {"space": args.space, "samples": args.samples, "widths": widths,
             "seeds": sorted({r["seed"] for r in rows}), "summary": summary, "per_seed": rows,
             "benchmark_wall_s": wall, "benchmark_wall_s_covers": "the seeds of this run only",
             "targets": "at 16 at once TPE + ASHA reaches random search's final best within half of its epochs; "
