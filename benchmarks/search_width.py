@@ -14,8 +14,9 @@ reaches random search's final best within half of its epochs, and it never ends 
 Saves benchmarks/results/search_width.json (or NAME.json) after every search; the rows this run does not
 make (other seeds, widths, or methods left out with --methods) are kept from the saved file, each row with
 the date and commit of its own run, so a long run can be split into parts; a file of another space or
-number of trials is refused, not written over. A seed the file already has a row of takes random search's final best from it instead of
-running it again, so that all of its rows are measured against one bar (start a new NAME to redo it).
+number of trials is refused, not written over. A seed the file already has a row of takes random
+search's final best from it instead of running it again, so that all of its rows are measured against
+one bar (start a new NAME to redo it).
 """
 import argparse
 import json
