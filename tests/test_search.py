@@ -920,3 +920,12 @@ def test_warm_start_says_what_it_does_with_each_mismatch(smoke, tmp_path):
                 tmp_path)
         assert r.returncode == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert not (tmp_path / "no").exists()
+
+
+def test_a_tpe_search_too_few_for_its_width_says_so():
+    from tune.search import width_note
+    note = width_note("tpe", 16, 16)
+    assert "the first 12 of its 12 guided" in note and "--samples 64" in note
+    assert "the first 8 of its 23 guided" in width_note("tpe", 30, 8)
+    assert width_note("tpe", 64, 16) is None and width_note("tpe", 16, 2) is None   # 4x its width, or more
+    assert width_note("random", 16, 16) is None and width_note("tpe", 3, 16) is None   # none guided to lose
