@@ -122,9 +122,9 @@ def startup_trials(samples: int) -> int:
 def width_note(searcher: str, samples: int, width: int) -> str | None:
     """A line for a TPE search whose trials are too few for its width: TPE learns only from finished trials,
     so a wide search of few trials starts many of its guided ones before any of them has finished."""
-    if searcher != "tpe" or samples >= 4 * width or samples <= startup_trials(samples):
-        return None
     guided = samples - startup_trials(samples)
+    if searcher != "tpe" or samples >= 4 * width or guided <= 0:
+        return None
     return (f"note: {samples} trials, up to {width} at once: TPE learns only from finished trials, and the first "
             f"{min(width, guided)} of its {guided} guided ones start before any of them has finished; at 16 at once, "
             f"4 times as many trials as run at once let it reach random search's best within half of "
