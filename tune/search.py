@@ -126,9 +126,8 @@ def width_note(searcher: str, samples: int, width: int) -> str | None:
     if searcher != "tpe" or samples >= 4 * width or guided <= 0:
         return None
     return (f"note: {samples} trials, up to {width} at once: TPE learns only from finished trials, and the first "
-            f"{min(width, guided)} of its {guided} guided ones start before any of them has finished; at 16 at once, "
-            f"4 times as many trials as run at once let it reach random search's best within half of "
-            f"its epochs in 2 of 3 seeds, 16 trials in none (--samples {4 * width}; README, Width)")
+            f"{min(width, guided)} of its {guided} guided ones start before any of them has finished; give it about "
+            f"4 times as many trials as run at once (--samples {4 * width}; what that buys: README, Width)")
 
 
 def good_share(n: int) -> int:
