@@ -281,6 +281,11 @@ def trainable(res: dict):
     return tune.with_resources(tune_trainable, res)
 
 
+def trials_at_once(s: Settings, res: dict) -> int | None:
+    """--concurrent, else as many trials as the machine holds; None on a cluster, whose width follows its nodes."""
+    return None if s.address and not s.concurrent else s.concurrent or resources.slots(res)
+
+
 def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
     """A new search; `res` is one trial's resources (tune.resources.per_trial). On one machine as many trials
     run at once as it holds. On a cluster up to twice what its nodes hold, read again as nodes join (at
@@ -288,10 +293,8 @@ def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
     what an autoscaler scales on, while waiting trials do not hold configs drawn long before they run.
     `warm`: the past trials the study starts with (tune/warm.py)."""
     alg = searcher(s, warm)
-    if s.address and not s.concurrent:
-        alg, concurrent = WideningLimiter(alg, res, alg.startup), None
-    else:
-        concurrent = s.concurrent or resources.slots(res)
+    if (concurrent := trials_at_once(s, res)) is None:
+        alg = WideningLimiter(alg, res, alg.startup)
     return tune.Tuner(
         trainable(res),
         param_space=param_space(s),
