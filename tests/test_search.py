@@ -333,6 +333,7 @@ def test_killed_search_resumes_without_retraining(tmp_path):
     r = run(["--resume", str(exp)], tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     assert "1 trial(s) had started after Ray's last snapshot" in r.stdout
+    assert "TPE learns only from finished trials" not in r.stdout   # the launch note is for a new search
     dirs = trial_dirs(exp)
     assert len(dirs) == 7
     for d in dirs:
@@ -929,3 +930,19 @@ def test_a_tpe_search_too_few_for_its_width_says_so():
     assert "the first 8 of its 23 guided" in width_note("tpe", 30, 8)
     assert width_note("tpe", 64, 16) is None and width_note("tpe", 16, 2) is None   # 4x its width, or more
     assert width_note("random", 16, 16) is None and width_note("tpe", 3, 16) is None   # none guided to lose
+
+
+def test_the_launch_note_counts_the_width_a_search_starts_with_and_none_for_a_warm_start():
+    from tune.search import Settings, launch_note
+    from tune.warm import Warm
+    s = Settings(space={}, space_name="small", name="x", root="/r", samples=16, max_epochs=8, grace_period=4,
+                 reduction_factor=2, address="auto")
+    res, nodes = {"cpu": 2, "gpu": 0.25}, [{"CPU": 8.0, "GPU": 0.0}, {"CPU": 16.0, "GPU": 2.0}]
+    # a cluster without --concurrent: WideningLimiter's twice the 8 slots, not the 8
+    assert "up to 16 at once" in launch_note(s, res, shape=nodes)
+    s.concurrent = 6
+    assert "up to 6 at once" in launch_note(s, res, shape=nodes)
+    assert launch_note(s, res, Warm(trials=["a past trial"]), shape=nodes) is None
+    assert "up to 6 at once" in launch_note(s, res, Warm(first=[({}, {})]), shape=nodes)   # configs, no trials
+    s.concurrent, s.address = None, None
+    assert "up to 8 at once" in launch_note(s, res, shape=nodes)

@@ -42,6 +42,12 @@ from tune.trials import BUDGET_FILE, RAY_ENDED, STEP, STUDY_FILE, Experiment, en
 WIDTH_EVERY_S = 5.0   # how often a cluster's width is read again (WideningLimiter)
 
 
+def widening_width(slots: int, startup: int) -> int:
+    """A cluster's trials at once: twice what its nodes hold now (the rest wait PENDING, for an autoscaler to
+    see), at least TPE's start-up count."""
+    return max(2 * slots, startup)
+
+
 class WideningLimiter(ConcurrencyLimiter):
     """Ray's concurrency limit (its count of live trials, mended on a resume by tune.trials.mend_search_state),
     with the limit read again every few seconds on a cluster: twice the trials its nodes hold now, at least
@@ -54,7 +60,7 @@ class WideningLimiter(ConcurrencyLimiter):
     def width(self) -> int:
         from tune.resources import slots
         self.read_at = time.time()
-        return max(2 * slots(self.resources), self.startup)   # slots() is at least 1
+        return widening_width(slots(self.resources), self.startup)
 
     def suggest(self, trial_id):
         if time.time() - self.read_at > WIDTH_EVERY_S:

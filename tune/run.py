@@ -230,7 +230,7 @@ def main(argv=None):
     from tune.export import ExportError, export, print_summary
     from tune.pruning import catch_up, close_lost
     from trainables.board import experiment_summary, write_events
-    from tune.search import Settings, board_columns, build_tuner, restore_tuner, trials_at_once, width_note
+    from tune.search import Settings, board_columns, build_tuner, launch_note, restore_tuner
     from tune.trials import BOARD_FILE, SETTINGS_FILE, Experiment, filesystem, mend_search_state, upload
 
     if args.resume:
@@ -327,8 +327,8 @@ def main(argv=None):
         if s.storage:
             upload(s.experiment, *filesystem(s.location), [SETTINGS_FILE, BOARD_FILE])
         tuner = build_tuner(s, res, warm)
-    if note := width_note(s.searcher, s.samples, trials_at_once(s, res) or resources.slots(res)):
-        print(note, flush=True)
+        if note := launch_note(s, res, warm):   # not on a resume: its trials may have finished
+            print(note, flush=True)
     budget = Budget.begin(s.experiment, s.time_budget_s) if s.time_budget_s else None
     print(f"search {s.name}: space {s.space_name}, {s.samples} trials of at most {s.max_epochs} epochs, "
           f"{s.searcher} + {s.scheduler}, {res['cpu']:g} CPU / {res['gpu']:g} GPU per trial, data {', '.join(data)}"

@@ -35,7 +35,7 @@ from tune import resources  # noqa: E402
 from tune.budget import Budget, BudgetStopper  # noqa: E402
 from tune.progress import SearchProgress  # noqa: E402
 from tune.cli import UsageError  # noqa: E402
-from tune.pruning import ResumableASHA, TruthfulOptunaSearch, WideningLimiter  # noqa: E402
+from tune.pruning import ResumableASHA, TruthfulOptunaSearch, WideningLimiter, widening_width  # noqa: E402
 from tune.trials import (PROGRESS_FILE, RESULT_FILE, SETTINGS_FILE, STEP, STUDY_FILE, checkpoint_state,  # noqa: E402
                          ended_as, location_of, read_text, trial_dirname, with_history)
 from tune.study import searcher_storage  # noqa: E402
@@ -281,9 +281,21 @@ def trainable(res: dict):
     return tune.with_resources(tune_trainable, res)
 
 
-def trials_at_once(s: Settings, res: dict) -> int | None:
-    """--concurrent, else as many trials as the machine holds; None on a cluster, whose width follows its nodes."""
-    return None if s.address and not s.concurrent else s.concurrent or resources.slots(res)
+def trials_at_once(s: Settings, res: dict, shape: list[dict] | None = None) -> int | None:
+    """--concurrent, else as many trials as the machine holds (`shape`: its nodes, default this Ray's); None
+    on a cluster, whose width follows its nodes."""
+    return None if s.address and not s.concurrent else s.concurrent or resources.slots(res, shape)
+
+
+def launch_note(s: Settings, res: dict, warm=None, shape: list[dict] | None = None) -> str | None:
+    """width_note for a new search, at the width it starts with (on a cluster, WideningLimiter's from the
+    nodes there now). None for a warm start: its study holds finished trials, so its first wave is not
+    guided by the start-up trials alone, and more of its trials are guided than width_note counts."""
+    if warm and warm.trials:
+        return None
+    startup = startup_trials(s.samples) if s.searcher == "tpe" else 0
+    width = trials_at_once(s, res, shape) or widening_width(resources.slots(res, shape), startup)
+    return width_note(s.searcher, s.samples, width)
 
 
 def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
