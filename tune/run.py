@@ -7,7 +7,6 @@ the Optuna study (optuna.db), best_config.json for tune/final.py, leaderboard.cs
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import threading
 import time
@@ -132,6 +131,7 @@ def home_of(location: str) -> Path:
     """The driver's folder of a search kept in an object store. On another machine it is made again, at the
     path it had (Ray's and Optuna's state name it), from what the store mirrors: search.json and the study
     of Ray's last snapshot, and the time a --time-budget has spent."""
+    from trainables.files import atomic_file, write_json, write_text
     from tune.trials import BUDGET_FILE, SETTINGS_FILE, STUDY_FILE, Experiment, read_text
     exp = Experiment(location.rstrip("/"))
     try:
@@ -148,10 +148,10 @@ def home_of(location: str) -> Path:
             raise UsageError(f"--resume: the search's folder {home} cannot be made here ({e.strerror})") from None
         db = exp.study_file()
         if db is not None:
-            (home / STUDY_FILE).write_bytes(db.read_bytes())
+            atomic_file(home / STUDY_FILE, lambda tmp: tmp.write_bytes(db.read_bytes()))
         if (spent := read_text(exp.fs, f"{exp.path}/{BUDGET_FILE}")) is not None:   # with --time-budget
-            (home / BUDGET_FILE).write_text(spent)
-        (home / SETTINGS_FILE).write_text(json.dumps(settings, indent=2) + "\n")  # last: it marks the folder whole
+            write_text(home / BUDGET_FILE, spent)
+        write_json(home / SETTINGS_FILE, settings)  # last: it marks the folder whole
         print(f"made the search's folder {home} from {location}", flush=True)
     return home
 
