@@ -78,6 +78,11 @@ class Settings:
         """Where Ray keeps the trials and its state (tune/trials.py)."""
         return location_of(self.root, self.name, self.storage)
 
+    @property
+    def startup(self) -> int:
+        """The sampler's random start-up trials: TPE's, none for a random sampler."""
+        return startup_trials(self.samples) if self.searcher == "tpe" else 0
+
     def parsed_space(self) -> Space:
         # a search saved before spaces chose on the holdout scored its trials on val/: it resumes so
         return parse({"split": "val", **self.space}, self.space_name)
@@ -181,18 +186,17 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
 
 
 def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
-    startup = startup_trials(s.samples) if s.searcher == "tpe" else 0
     if s.searcher == "tpe":
         from tune.warm import space_distributions
         # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
         sampler = FixedSpaceTPE(space_distributions(param_space(s)), seed=s.seed, multivariate=True,
-                                constant_liar=True, n_startup_trials=startup)
+                                constant_liar=True, n_startup_trials=s.startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     # the study stays on the driver's disk (SQLite's locks and WAL do not work on NFS), mirrored to --storage
     storage = searcher_storage(s.experiment / STUDY_FILE)
     return TruthfulOptunaSearch(sampler=sampler, study_name=s.name, storage=storage, max_epochs=s.max_epochs,
-                                startup=startup, experiment=s.location, mirror=bool(s.storage),
+                                startup=s.startup, experiment=s.location, mirror=bool(s.storage),
                                 budget=str(s.experiment) if s.time_budget_s else None, warm=warm)
 
 
@@ -293,8 +297,7 @@ def launch_note(s: Settings, res: dict, warm=None, shape: list[dict] | None = No
     guided by the start-up trials alone, and more of its trials are guided than width_note counts."""
     if warm and warm.trials:
         return None
-    startup = startup_trials(s.samples) if s.searcher == "tpe" else 0
-    width = trials_at_once(s, res, shape) or widening_width(resources.slots(res, shape), startup)
+    width = trials_at_once(s, res, shape) or widening_width(resources.slots(res, shape), s.startup)
     return width_note(s.searcher, s.samples, width)
 
 
