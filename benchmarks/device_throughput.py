@@ -23,6 +23,7 @@ from trainables.learner import make_model, resolve_precision
 
 ONE_TRIAL = """
 import json, sys, time
+import torch
 sys.path.insert(0, {root!r})
 from trainables.config import TrainConfig
 from trainables.train import train
@@ -30,7 +31,8 @@ r = train(TrainConfig.from_dict({cfg!r}))
 end = time.time()
 print("RESULT", json.dumps({{"images": len(r.learn.dls.train) * r.learn.dls.train.bs * len(r.history),
                             "start": end - sum(h["epoch_s"] for h in r.history), "end": end,
-                            "images_per_s": [h["images_per_s"] for h in r.history]}}))
+                            "images_per_s": [h["images_per_s"] for h in r.history],
+                            "peak_gib": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None}}))
 """
 
 
@@ -75,7 +77,8 @@ def trials_at_once(cfg: TrainConfig, k: int) -> dict:
         sys.exit(f"{k} packed trials: some failed")
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     return {"trials": k, "total_images_per_s": sum(o["images"] for o in outs) / wall,
-            "per_trial_epoch_images_per_s": [o["images_per_s"] for o in outs]}
+            "per_trial_epoch_images_per_s": [o["images_per_s"] for o in outs],
+            "per_trial_peak_gib": [o["peak_gib"] for o in outs]}   # what one trial's share of a device must hold
 
 
 def main():
@@ -101,7 +104,9 @@ def main():
               f"({out[f'{pipe}_fraction_of_bound']:.0%} of the bound)", flush=True)
     out["packing"] = [trials_at_once(cfg.replace(pipeline="tensor"), k) for k in args.packing]
     for row in out["packing"]:
-        print(f"{row['trials']} trial(s) at once: {row['total_images_per_s']:.0f} images/s in total", flush=True)
+        peak = max(row["per_trial_peak_gib"], key=lambda g: g or 0)
+        print(f"{row['trials']} trial(s) at once: {row['total_images_per_s']:.0f} images/s in total"
+              + (f", at most {peak:.1f} GiB of device memory per trial" if peak else ""), flush=True)
     name = "device_throughput" if (args.arch, args.size) == ("xresnet50", 128) else \
         f"device_throughput-{args.arch}-{args.size}"
     save(name, out)

@@ -2,7 +2,7 @@
 # One GPU session, prepared on the CPU so that no device time goes to set-up (issue 19).
 #
 #   bash benchmarks/gpu_session.sh --part throughput [--bundle .devicebundle] [--out DIR]
-#   bash benchmarks/gpu_session.sh --part leaderboard --data DIR [--out DIR]
+#   bash benchmarks/gpu_session.sh --part leaderboard --data DIR [--out DIR] [--leaderboard-s 420]
 #   bash benchmarks/gpu_session.sh --dry-run [--out DIR]     # the same steps on the CPU, tiny (tests run it)
 #
 # The GPU machine has torch but not fastai, Ray or Optuna, and a call carries at most 64 MiB: the wheel
@@ -24,7 +24,7 @@
 # (one line per step: name, status, seconds), each step's log and the benchmarks' JSON (results/).
 set -uo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-part=all dry=0 bundle="$here/.devicebundle" data="" out="${OUT:-$here/gpu-session}"
+part=all dry=0 bundle="$here/.devicebundle" data="" out="${OUT:-$here/gpu-session}" lb_limit=420
 while [ $# -gt 0 ]; do
   case "$1" in
     --dry-run) dry=1 ;;
@@ -32,6 +32,7 @@ while [ $# -gt 0 ]; do
     --bundle) bundle=$2; shift ;;
     --data) data=$2; shift ;;
     --out) out=$2; shift ;;
+    --leaderboard-s) lb_limit=$2; shift ;;   # what the session has left once the first call returned
     *) echo "error: unknown option $1 (see the head of $0)" >&2; exit 2 ;;
   esac
   shift
@@ -98,7 +99,7 @@ if [ "$part" != throughput ]; then
       --seeds 1 --samples 2 --rungs 1
   else
     [ -n "$data" ] && [ -d "$data" ] || die "--part leaderboard needs --data: the small copy of the real photos"
-    step leaderboard 420 python3 benchmarks/real_quality.py --space leaderboard --data "$data" --gpus-per-trial 0.25 \
+    step leaderboard "$lb_limit" python3 benchmarks/real_quality.py --space leaderboard --data "$data" --gpus-per-trial 0.25 \
       --seeds 1 --samples 8 --rungs 2
   fi
 fi
