@@ -7,14 +7,17 @@
 #
 # The GPU machine has torch but not fastai, Ray or Optuna, and a call carries at most 64 MiB: the wheel
 # bundle (../shared/tools/device-bundle.sh, about 39 MB) and a small copy of the real photos
-# (tune/small_copy.py, about 52 MiB at 128 px) cannot travel together. So the plan is two calls, the second
-# made at once after the first, while the first one's install in /tmp/site is still there:
-#   1. --part throughput (carries the bundle): install, imports, GPU, benchmarks/device_throughput.py on
-#      generated images: at most about 4 minutes;
+# (tune/small_copy.py at 128 px and --quality 70: 48 MiB; 66.5 MiB at its default 85) cannot travel
+# together. So the plan is two calls, the second made at once after the first (the machine stays warm
+# about 30 s), while the first one's install in /tmp/site is still there. On an H100 (2026-12-05):
+#   1. --part throughput (carries the bundle): install, imports, Ray's start, GPU,
+#      benchmarks/device_throughput.py on generated images: 168 s, 195 s with the machine's start;
 #   2. --part leaderboard (carries the photos): imports (from the first call's install), GPU, the
-#      leaderboard cell, cut to fit: one seed, 8 trials, the ladder's first 2 rungs: at most about 7 minutes.
+#      leaderboard cell, cut to fit: one seed, 8 trials, the ladder's first 2 rungs (146 s), the search
+#      (3 min) and the searched config's 2 runs: about 7 minutes; --leaderboard-s to fit what is left.
 # The two calls of the device tool, from a checkout where `../shared/tools/device-bundle.sh .devicebundle` and
-# `python tune/small_copy.py ../shared/data/imagenette2-224sq .gpudata/imagenette-128 --size 128` have run:
+# `python tune/small_copy.py ../shared/data/imagenette2-224sq .gpudata/imagenette-128 --size 128 --quality 70`
+# have run:
 #   run(carry=[".devicebundle"], timeout_s=300, command="bash benchmarks/gpu_session.sh --part throughput --out $OUT")
 #   run(carry=[".gpudata"], timeout_s=480,
 #       command="bash benchmarks/gpu_session.sh --part leaderboard --data .gpudata/imagenette-128 --out $OUT")
@@ -59,17 +62,26 @@ step() {  # step NAME SECONDS command...: the command's output in NAME.log, its 
 }
 
 # 1. the imports first, failing fast: from here, from an earlier call's /tmp/site, or from the bundle
-imports() { python3 -c 'import fastai, optuna, ray, torch, tensorboard' 2> "$out/imports.err"; }
 export PYTHONPATH="/tmp/site:$here${PYTHONPATH:+:$PYTHONPATH}"
+# The bundle has no pydantic, which Ray 2.60 imports with `ray.tune` only for Ray Train's v2 API; Tune's
+# function trainables run without that API (a search ran so on an H100, 2026-12-05).
+python3 -c 'import pydantic' 2> /dev/null || export RAY_TRAIN_V2_ENABLED=0
+imports() { python3 -c 'import fastai, optuna, ray, ray.tune, torch, tensorboard' 2> "$out/imports.err"; }
 if ! imports; then
   [ -f "$bundle/ray.tar.xz" ] || die "fastai, Ray or Optuna missing and no bundle at $bundle (the first call carries it): $(tail -n 1 "$out/imports.err")"
   log "installing the bundle from $bundle into /tmp/site"
+  # the bundle unzips Ray's wheel with Python's zipfile, which drops the exec bits of gcs_server and raylet
   mkdir -p /tmp/site && tar -xJf "$bundle/ray.tar.xz" -C /tmp/site \
+    && find /tmp/site/ray/core/src/ray -type f -exec chmod a+x {} + \
     && python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site "$bundle"/*.whl \
     || die "the bundle did not install"
   imports || die "the bundle installed but does not import: $(tail -n 1 "$out/imports.err")"
 fi
 log "imports: $(python3 -c 'import fastai, optuna, ray, torch; print("torch", torch.__version__, "fastai", fastai.__version__, "ray", ray.__version__, "optuna", optuna.__version__)')"
+# Ray's own processes start (a search would find out only minutes later, after the ladder's runs)
+python3 -c 'import ray; ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False); ray.shutdown()' \
+  > "$out/ray.err" 2>&1 || die "Ray does not start: $(tail -n 1 "$out/ray.err")"
+log "Ray starts"
 
 # 2. the device
 if [ $dry = 1 ]; then
