@@ -32,6 +32,7 @@ end = time.time()
 print("RESULT", json.dumps({{"images": len(r.learn.dls.train) * r.learn.dls.train.bs * len(r.history),
                             "start": end - sum(h["epoch_s"] for h in r.history), "end": end,
                             "images_per_s": [h["images_per_s"] for h in r.history],
+                            "cache_on": r.history[-1].get("cache_on"),
                             "peak_gib": torch.cuda.max_memory_reserved() / 2**30 if torch.cuda.is_available() else None}}))
 """
 
@@ -78,7 +79,8 @@ def trials_at_once(cfg: TrainConfig, k: int) -> dict:
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     return {"trials": k, "total_images_per_s": sum(o["images"] for o in outs) / wall,
             "per_trial_epoch_images_per_s": [o["images_per_s"] for o in outs],
-            "per_trial_peak_gib": [o["peak_gib"] for o in outs]}   # what one trial's share of a device must hold
+            "per_trial_peak_gib": [o["peak_gib"] for o in outs],   # what one trial's share of a device must hold
+            "cache_on": [o["cache_on"] for o in outs]}
 
 
 def main():
@@ -99,9 +101,11 @@ def main():
     for pipe in ("fastai", "tensor"):
         r = train(cfg.replace(pipeline=pipe))
         out[f"{pipe}_images_per_s"] = r.history[-1]["images_per_s"]
+        out[f"{pipe}_epochs_images_per_s"] = [h["images_per_s"] for h in r.history]   # the first pays for warm-up
         out[f"{pipe}_fraction_of_bound"] = out[f"{pipe}_images_per_s"] / out["bound_images_per_s"]
         print(f"{pipe:>7} path: {out[f'{pipe}_images_per_s']:.0f} images/s "
               f"({out[f'{pipe}_fraction_of_bound']:.0%} of the bound)", flush=True)
+    out["tensor_cache_on"] = r.history[-1].get("cache_on")
     out["packing"] = [trials_at_once(cfg.replace(pipeline="tensor"), k) for k in args.packing]
     for row in out["packing"]:
         peak = max(row["per_trial_peak_gib"], key=lambda g: g or 0)

@@ -25,6 +25,7 @@ def test_the_dry_run_runs_every_step_and_writes_its_results_in_one_folder(tmp_pa
     assert [(s["step"], s["status"]) for s in steps] == [("throughput", "ok"), ("leaderboard", "ok")]
     tp = json.loads((out / "results" / "device_throughput-tiny-32.json").read_text())
     assert tp["bound_images_per_s"] > 0 and 0 < tp["tensor_fraction_of_bound"] and tp["packing"][0]["trials"] == 1
+    assert tp["tensor_cache_on"] == "cpu" and tp["packing"][0]["cache_on"] == ["cpu"]   # where each run's cache was
     cell = json.loads((out / "results" / "real_quality-smoke.json").read_text())["budget"]
     assert cell["ladder_rungs"] == 1 and cell["search_trials"] == 2 and cell["seeds"] == [1]
     assert cell["epoch_s_median"] > 0 and cell["epochs_with_checkpoint"] >= 1
