@@ -14,7 +14,8 @@
 #      benchmarks/device_throughput.py on generated images: 168 s, 195 s with the machine's start;
 #   2. --part leaderboard (carries the photos): imports (from the first call's install), GPU, the
 #      leaderboard cell, cut to fit: one seed, 8 trials, the ladder's first 2 rungs (146 s), the search
-#      (3 min) and the searched config's 2 runs: about 7 minutes; --leaderboard-s to fit what is left.
+#      (3 min alone) and the searched config's 2 runs (not yet timed): a 7-minute limit, --leaderboard-s
+#      to fit what is left.
 # The two calls of the device tool, from a checkout where `../shared/tools/device-bundle.sh .devicebundle` and
 # `python tune/small_copy.py ../shared/data/imagenette2-224sq .gpudata/imagenette-128 --size 128 --quality 70`
 # have run:
