@@ -673,26 +673,43 @@ def ray_cluster(env: dict, workers: int = 2):
 
 def test_search_on_a_running_ray_cluster(tmp_path):
     """--address joins a cluster started with `ray start` (ray_cluster), at first its head alone (8 CPUs, no
-    GPU). The width follows the nodes Ray has, not those it had at launch: at 4 CPUs a trial the head holds 2
-    (so 4 running or waiting), and the search runs more than 4 at once after a worker of 32 CPUs joins, as it
-    would use nodes an autoscaler adds. Then two GPU workers (8 CPUs, 1 GPU each) join. A trial asks what a
-    GPU node holds, not a share of the cluster's CPUs, so both trials run, one on each GPU node; the code
-    ships to the workers, the storage is checked, and a driver with the wrong token is refused."""
-    grow = ["--space", "smoke", "--samples", "16", "--max-epochs", "8", "--scheduler", "none", "--searcher", "random",
-            "--cpus-per-trial", "4", "--gpus-per-trial", "0", "--name", "grow", "--storage", str(tmp_path / "shared"),
+    GPU), as an autoscaler's cluster starts. A search of GPU trials (a quarter GPU each) finds no node to hold
+    one: its trials wait PENDING, two of them (twice the one place counted for a cluster that holds none yet).
+    The width follows the nodes Ray has, not those it had at launch: once a GPU worker (8 CPUs, 1 GPU) joins,
+    all 8 trials are live at once (4 running there, the rest PENDING, what an autoscaler scales on) and more
+    than 2 train at once. A second GPU worker joins. A trial asks what a GPU node holds, not a share of the
+    cluster's CPUs, so both trials of the next search run, one on each GPU node; the code ships to the
+    workers, the storage is checked, and a driver with the wrong token is refused."""
+    grow = ["--space", "smoke", "--samples", "8", "--max-epochs", "4", "--scheduler", "none", "--searcher", "random",
+            "--cpus-per-trial", "2", "--gpus-per-trial", "0.25", "--name", "grow", "--storage", str(tmp_path / "shared"),
             *FAST]
     args = ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
             "--name", "cl", "--storage", str(tmp_path / "shared"), *FAST]
     grown = tmp_path / "shared" / "grow"
+    from tune.trials import ray_snapshot
+
+    def live() -> int:   # trials PENDING or RUNNING in Ray's newest snapshot (0 while it has none or is mid-write)
+        with contextlib.suppress(ValueError, OSError):
+            return sum(status in ("PENDING", "RUNNING") for status, _ in ray_snapshot(str(grown)).values())
+        return 0
+
     with ray_cluster(os.environ, workers=0) as (address, head_ids, env, join):
         search = subprocess.Popen(RUN + grow + ["--address", address], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
-        while not (grown.is_dir() and trial_dirs(grown)) and search.poll() is None and time.time() < deadline:
+        while live() < 2 and search.poll() is None and time.time() < deadline:
             time.sleep(0.5)
-        join(32)
-        out, err = search.communicate(timeout=600)
+        # a few of the limiter's re-reads (every 5 s) and Ray's snapshots (every 2 s) on the head alone
+        before = live()
+        for _ in range(24):
+            time.sleep(0.5)
+            before = max(before, live())
         join(8, 1)
+        after = 0
+        while search.poll() is None:
+            after = max(after, live())
+            time.sleep(0.5)
+        out, err = search.communicate(timeout=600)
         join(8, 1)
         args += ["--address", address]
         wrong = subprocess.run(RUN + args, cwd=tmp_path, env={**env, "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2},
@@ -700,9 +717,13 @@ def test_search_on_a_running_ray_cluster(tmp_path):
         wrote = [p for p in ("shared/cl", "results/cl") if (tmp_path / p).exists()]
         r = subprocess.run(RUN + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert search.returncode == 0, out[-3000:] + err[-3000:]
+    assert "no node can hold it (no node has a GPU) yet; its trials wait PENDING" in out
+    assert (before, after) == (2, 8), (before, after)   # Ray's own cap on waiting trials would stop at 6
     placed = placements(grown)
-    # a row's timestamp is in whole seconds, so a span may start up to 1 s early: trials of 8 epochs overlap longer
-    assert len(placed) == 16 and most_at_once([(s + 1, e) for *_, s, e in placed.values()]) > 4
+    assert len(placed) == 8 and not {node for _, _, node, _, _ in placed.values()} & head_ids
+    assert {g for _, g, *_ in placed.values()} == {"0"}
+    # a row's timestamp is in whole seconds, so a span may start up to 1 s early: trials of 4 epochs overlap longer
+    assert most_at_once([(s + 1, e) for *_, s, e in placed.values()]) > 2
     said = [line for line in wrong.stderr.strip().splitlines() if not line.startswith("warning:")]
     assert wrong.returncode == 2 and len(said) == 1, wrong.stderr[-3000:]   # Ray's own retries do not show
     assert "token authentication and refused this driver's token" in wrong.stderr and "RAY_AUTH_TOKEN" in wrong.stderr

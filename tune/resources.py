@@ -131,9 +131,9 @@ def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape:
     if cpus_per_trial <= 0:
         raise UsageError(f"--cpus-per-trial {cpus_per_trial:g} must be above 0")
     if not any(n["CPU"] >= cpus_per_trial for n in hosts):
-        most = max((n["CPU"] for n in hosts), default=0)
-        msg = (f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial {gpus_per_trial:g}: no node can hold it "
-               f"(the most CPUs on a node{' with a GPU' if gpus_per_trial else ''}: {most:g})")
+        most = (f"the most CPUs on a node{' with a GPU' if gpus_per_trial else ''}: "
+                f"{max(n['CPU'] for n in hosts):g}" if hosts else "no node has a GPU")
+        msg = f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial {gpus_per_trial:g}: no node can hold it ({most})"
         if not cluster:
             raise UsageError(msg)
         print(f"warning: {msg} yet; its trials wait PENDING until an autoscaler adds such a node", flush=True)

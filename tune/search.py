@@ -17,6 +17,9 @@ os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # the loggers are ours to choose: TrialBoard for TBX
+# Ray caps the trials waiting to start at a custom searcher's concurrency limit as it was at launch, which
+# would hold a cluster's WideningLimiter to the nodes there then; the limiter alone bounds live trials
+os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", "1000")
 
 import numpy as np  # noqa: E402
 import optuna  # noqa: E402
