@@ -33,4 +33,9 @@ def test_a_cluster_still_scaling_up_is_not_refused_what_its_autoscaler_may_add(c
     with pytest.raises(UsageError, match="give --cpus-per-trial too"):
         per_trial(1, None, head_only, cluster=True)   # nothing to size the CPUs from yet
     assert per_trial(1, 8, head_only, cluster=True) == {"cpu": 8, "gpu": 1}
-    assert "wait PENDING" in capsys.readouterr().out
+    assert "(no node has a GPU) yet; its trials wait PENDING" in capsys.readouterr().out
+    no_cpus = [{"CPU": 0.0, "GPU": 0.0}]   # a head started with --num-cpus 0, to keep trials off it
+    with pytest.raises(UsageError, match="CPU trials need CPUs, but this cluster has none yet; give --cpus-per-trial"):
+        per_trial(0, None, no_cpus, cluster=True)
+    assert per_trial(0, 2, no_cpus, cluster=True) == {"cpu": 2, "gpu": 0}
+    assert "(no node has CPUs) yet; its trials wait PENDING" in capsys.readouterr().out

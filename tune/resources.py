@@ -119,9 +119,11 @@ def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape:
         raise UsageError(f"--gpus-per-trial {gpus_per_trial:g}: a trial trains on one GPU; use 1, or a fraction "
                          "such as 0.5 or 0.25 to pack trials on a GPU")
     hosts = [n for n in shape if n["GPU"] >= gpus_per_trial] if gpus_per_trial else [n for n in shape if n["CPU"]]
-    if gpus_per_trial and not hosts and (not cluster or cpus_per_trial is None):
+    # nothing to size a trial from: on a cluster only until nodes join (a head without GPUs, or `--num-cpus 0`)
+    if not hosts and (not cluster or cpus_per_trial is None):
         where = "this cluster has none yet" if cluster else "this machine has none"
-        raise UsageError(f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs, but {where}" +
+        asks = f"--gpus-per-trial {gpus_per_trial:g} asks for GPUs" if gpus_per_trial else "CPU trials need CPUs"
+        raise UsageError(f"{asks}, but {where}" +
                          ("; give --cpus-per-trial too, and trials wait for the nodes an autoscaler adds"
                           if cluster else ""))
     if cpus_per_trial is None:
@@ -131,8 +133,10 @@ def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape:
     if cpus_per_trial <= 0:
         raise UsageError(f"--cpus-per-trial {cpus_per_trial:g} must be above 0")
     if not any(n["CPU"] >= cpus_per_trial for n in hosts):
-        most = (f"the most CPUs on a node{' with a GPU' if gpus_per_trial else ''}: "
-                f"{max(n['CPU'] for n in hosts):g}" if hosts else "no node has a GPU")
+        if hosts:
+            most = f"the most CPUs on a node{' with a GPU' if gpus_per_trial else ''}: {max(n['CPU'] for n in hosts):g}"
+        else:
+            most = f"no node has {'a GPU' if gpus_per_trial else 'CPUs'}"
         msg = f"--cpus-per-trial {cpus_per_trial:g} with --gpus-per-trial {gpus_per_trial:g}: no node can hold it ({most})"
         if not cluster:
             raise UsageError(msg)
