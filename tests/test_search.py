@@ -716,6 +716,11 @@ def test_search_on_a_running_ray_cluster(tmp_path):
                                capture_output=True, text=True, timeout=600)
         wrote = [p for p in ("shared/cl", "results/cl") if (tmp_path / p).exists()]
         r = subprocess.run(RUN + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        # without --address a search runs on a Ray of its own, even where RAY_ADDRESS names the cluster
+        own = subprocess.run(RUN + ["--space", "smoke", "--samples", "1", "--max-epochs", "1", "--grace-period", "1",
+                                   "--name", "own", *FAST],
+                             cwd=tmp_path, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True,
+                             timeout=600)
     assert search.returncode == 0, out[-3000:] + err[-3000:]
     assert "no node can hold it (no node has a GPU) yet; its trials wait PENDING" in out
     assert (before, after) == (2, 8), (before, after)   # Ray's own cap on waiting trials would stop at 6
@@ -741,6 +746,10 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     assert len(nodes_used) == 2 and not nodes_used & head_ids   # one trial on each GPU worker
     assert {g for _, g, *_ in placed.values()} == {"0"}
     assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up
+    assert own.returncode == 0, own.stdout[-3000:] + own.stderr[-3000:]
+    assert f"RAY_ADDRESS is set ({address}), but without --address" in own.stderr
+    assert {node for _, _, node, _, _ in placements(tmp_path / "results" / "own").values()}.isdisjoint(
+        head_ids | nodes_used | {node for _, _, node, _, _ in placements(grown).values()})
 
 
 def placements(exp: Path) -> dict:

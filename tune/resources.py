@@ -47,8 +47,15 @@ def start_ray(address: str | None) -> None:
             sys.stderr.write(said)
             raise UsageError(f"cannot join the Ray cluster at {address}: {str(failed).splitlines()[0]}")
     else:
+        if os.environ.get("RAY_ADDRESS"):
+            print(f"note: RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}), but without --address this search runs "
+                  "on a Ray of its own on this machine; to search on that cluster, give --address and --storage",
+                  file=sys.stderr, flush=True)
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        ray.init(include_dashboard=False, log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
+        # "local": without it Ray joins RAY_ADDRESS or the last `ray start` cluster on this machine, where the
+        # search would size trials from this machine and keep its results on this machine's disk
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}},
                  logging_level=logging.ERROR)  # Ray's start-up notices would bury a one-line error
 
 
