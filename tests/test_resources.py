@@ -39,3 +39,44 @@ def test_a_cluster_still_scaling_up_is_not_refused_what_its_autoscaler_may_add(c
         per_trial(0, None, no_cpus, cluster=True)
     assert per_trial(0, 2, no_cpus, cluster=True) == {"cpu": 2, "gpu": 0}
     assert "(no node has CPUs) yet; its trials wait PENDING" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("gpus, want", [(0.25, 32), (0.4, 16), (0.5, 16), (0.75, 8), (1, 8)])
+def test_a_fraction_of_a_gpu_counts_the_places_on_each_gpu(gpus, want):
+    """Ray splits each GPU, not the node's sum: at 0.4, 2 trials fit on a GPU (0.8), not 2.5."""
+    from tune.resources import slots
+    assert slots({"cpu": 1, "gpu": gpus}, [{"CPU": 64.0, "GPU": 8.0}]) == want
+
+
+def test_a_cluster_without_gpu_nodes_says_its_trials_train_on_cpus(capsys):
+    from tune.resources import per_trial
+    assert per_trial(None, None, [{"CPU": 8.0, "GPU": 0.0}], cluster=True) == {"cpu": 2, "gpu": 0}
+    assert "no node of this cluster has a GPU now, so its trials train on CPUs" in capsys.readouterr().out
+    per_trial(None, None, [{"CPU": 8.0, "GPU": 0.0}])   # one machine without GPUs: nothing to say
+    assert capsys.readouterr().out == ""
+
+
+def test_without_address_a_cluster_ray_would_join_is_refused_and_a_stale_one_is_not(tmp_path, monkeypatch):
+    """Ray's ray.init() joins RAY_ADDRESS, or the address `ray start` left in <temp>/ray/ray_current_cluster;
+    the search refuses both in one line, unless the file is stale (its cluster gone)."""
+    import socket
+    import ray
+    from tune.cli import UsageError
+    from tune.resources import cluster_here, start_ray
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
+    with pytest.raises(UsageError, match=r"RAY_ADDRESS is set \(10.0.0.5:6379\), as in a Ray job: to search on "
+                                         r"that cluster give --address 10.0.0.5:6379 and --storage"):
+        start_ray(None)
+    assert not ray.is_initialized()
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert cluster_here() is None   # no `ray start` here
+    (tmp_path / "ray").mkdir()
+    with socket.socket() as gcs:
+        gcs.bind(("127.0.0.1", 0))
+        gcs.listen()
+        address = "127.0.0.1:%d" % gcs.getsockname()[1]
+        (tmp_path / "ray" / "ray_current_cluster").write_text(address)
+        assert cluster_here().startswith(f"a Ray cluster started with `ray start` runs on this machine ({address}): "
+                                         f"to search on it give --address {address}")
+    assert cluster_here() is None   # the file outlived its cluster

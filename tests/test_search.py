@@ -613,14 +613,16 @@ def test_export_of_an_experiment_where_every_trial_failed_is_a_clear_message(tmp
 def ray_cluster(env: dict, workers: int = 2):
     """A cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU, `workers` of
     8 CPUs and 1 GPU each (logical), with token authentication on. Yields its address, the head's node ids,
-    the environment of a driver that has the cluster's token, and join(cpus, gpus=0): a worker of that shape
-    joins, and it returns once the worker is up."""
+    the environment of a driver that has the cluster's token, join(cpus, gpus=0, **env): a worker of that
+    shape (and environment) joins, and it returns once the worker is up, and the folder that RAY_TMPDIR names to find the cluster."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     ray = str(Path(sys.executable).parent / "ray")
-    temp = tempfile.mkdtemp(prefix="rt")   # short: Ray's socket paths must fit in 107 characters
+    # short: Ray's socket paths must fit in 107 characters. Ray's own layout under it (<temp>/ray), so that
+    # RAY_TMPDIR=<temp> finds this cluster as Ray finds a `ray start` of its default folder
+    temp = tempfile.mkdtemp(prefix="rt")
     # token authentication on, as on a real cluster (Ray's guidance: RAY_AUTH_MODE=token on every node); the
     # driver gets only the token, from where Ray looks for it, and must turn the mode on itself
     token = Path(temp) / "auth_token"
@@ -630,7 +632,7 @@ def ray_cluster(env: dict, workers: int = 2):
     small = ["--include-dashboard=false", "--object-store-memory=100000000", "--block"]
     # each in its own process group, stopped by signal: `ray stop` would stop every Ray on this machine
     nodes = [subprocess.Popen([ray, "start", "--head", "--num-cpus=8", "--num-gpus=0", f"--port={port}",
-                               f"--temp-dir={temp}", *small], env=node_env, stdout=subprocess.DEVNULL,
+                               f"--temp-dir={temp}/ray", *small], env=node_env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)]
     try:
         deadline = time.time() + 120
@@ -650,14 +652,14 @@ def ray_cluster(env: dict, workers: int = 2):
                                   timeout=180).stdout.strip()
         head_id = alive(1)
 
-        def join(cpus: int, gpus: int = 0):  # one at a time: two started at once on this machine did not both join
+        def join(cpus: int, gpus: int = 0, **own):  # one at a time: two started at once here did not both join
             nodes.append(subprocess.Popen([ray, "start", f"--address=127.0.0.1:{port}", f"--num-cpus={cpus}",
-                                           f"--num-gpus={gpus}", *small[1:]], env=node_env, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.DEVNULL, start_new_session=True))
+                                           f"--num-gpus={gpus}", *small[1:]], env={**node_env, **own},
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
             alive(len(nodes))
         for _ in range(workers):
             join(8, 1)
-        yield f"127.0.0.1:{port}", set(eval(head_id)), env, join
+        yield f"127.0.0.1:{port}", set(eval(head_id)), env, join, temp
     finally:
         for node in reversed(nodes):
             with contextlib.suppress(ProcessLookupError):
@@ -677,15 +679,19 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     one: its trials wait PENDING, two of them (twice the one place counted for a cluster that holds none yet).
     The width follows the nodes Ray has, not those it had at launch: once a GPU worker (8 CPUs, 1 GPU) joins,
     all 8 trials are live at once (4 running there, the rest PENDING, what an autoscaler scales on) and more
-    than 2 train at once. A second GPU worker joins. A trial asks what a GPU node holds, not a share of the
+    than 2 train at once. A second GPU worker joins, with a copy of the data that lacks an image: refused in
+    one line, and once that node has the same copy, a trial asks what a GPU node holds, not a share of the
     cluster's CPUs, so both trials of the next search run, one on each GPU node; the code ships to the
-    workers, the storage is checked, and a driver with the wrong token is refused."""
+    workers, the storage is checked, and a driver with the wrong token is refused. Without --address, a
+    search that Ray's ray.init() would have joined to this cluster is refused."""
     grow = ["--space", "smoke", "--samples", "8", "--max-epochs", "4", "--scheduler", "none", "--searcher", "random",
             "--cpus-per-trial", "2", "--gpus-per-trial", "0.25", "--name", "grow", "--storage", str(tmp_path / "shared"),
             *FAST]
     args = ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
             "--name", "cl", "--storage", str(tmp_path / "shared"), *FAST]
     grown = tmp_path / "shared" / "grow"
+    from trainables.data import data_home
+    from trainables.synthetic import SyntheticSpec
     from tune.trials import ray_snapshot
 
     def live() -> int:   # trials PENDING or RUNNING in Ray's newest snapshot (0 while it has none or is mid-write)
@@ -693,7 +699,7 @@ def test_search_on_a_running_ray_cluster(tmp_path):
             return sum(status in ("PENDING", "RUNNING") for status, _ in ray_snapshot(str(grown)).values())
         return 0
 
-    with ray_cluster(os.environ, workers=0) as (address, head_ids, env, join):
+    with ray_cluster(os.environ, workers=0) as (address, head_ids, env, join, temp):
         search = subprocess.Popen(RUN + grow + ["--address", address], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                   stderr=subprocess.PIPE, text=True)
         deadline = time.time() + 300
@@ -710,17 +716,24 @@ def test_search_on_a_running_ray_cluster(tmp_path):
             after = max(after, live())
             time.sleep(0.5)
         out, err = search.communicate(timeout=600)
-        join(8, 1)
+        # a second GPU worker whose copy of the data lacks an image (its own data home): refused in one line
+        other = tmp_path / "other-home"
+        spec = SyntheticSpec.parse(FAST[1])
+        shutil.copytree(data_home() / "datasets" / spec.dirname, other / "datasets" / spec.dirname)
+        next((other / "datasets" / spec.dirname / "train").glob("*/*")).unlink()
+        join(8, 1, IMAGENETTE_TUNE_HOME=str(other))
         args += ["--address", address]
+        differs = subprocess.run(RUN + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+        shutil.rmtree(other / "datasets")   # that node generates its own, the same as the others'
         wrong = subprocess.run(RUN + args, cwd=tmp_path, env={**env, "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2},
                                capture_output=True, text=True, timeout=600)
         wrote = [p for p in ("shared/cl", "results/cl") if (tmp_path / p).exists()]
         r = subprocess.run(RUN + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        # without --address a search runs on a Ray of its own, even where RAY_ADDRESS names the cluster
-        own = subprocess.run(RUN + ["--space", "smoke", "--samples", "1", "--max-epochs", "1", "--grace-period", "1",
-                                   "--name", "own", *FAST],
-                             cwd=tmp_path, env={**env, "RAY_ADDRESS": address}, capture_output=True, text=True,
-                             timeout=600)
+        # without --address, a search where Ray's ray.init() would join this cluster is refused: as in a Ray
+        # job (RAY_ADDRESS), or on the machine of a `ray start` (the file it leaves in Ray's temp folder)
+        own = [subprocess.run(RUN + ["--space", "smoke", "--name", "own", *FAST], cwd=tmp_path, env={**env, **e},
+                              capture_output=True, text=True, timeout=600)
+               for e in ({"RAY_ADDRESS": address}, {"RAY_TMPDIR": str(temp)})]
     assert search.returncode == 0, out[-3000:] + err[-3000:]
     assert "no node can hold it (no node has a GPU) yet; its trials wait PENDING" in out
     assert (before, after) == (2, 8), (before, after)   # Ray's own cap on waiting trials would stop at 6
@@ -746,10 +759,16 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     assert len(nodes_used) == 2 and not nodes_used & head_ids   # one trial on each GPU worker
     assert {g for _, g, *_ in placed.values()} == {"0"}
     assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up
-    assert own.returncode == 0, own.stdout[-3000:] + own.stderr[-3000:]
-    assert f"RAY_ADDRESS is set ({address}), but without --address" in own.stderr
-    assert {node for _, _, node, _, _ in placements(tmp_path / "results" / "own").values()}.isdisjoint(
-        head_ids | nodes_used | {node for _, _, node, _, _ in placements(grown).values()})
+    said = [line for line in differs.stderr.strip().splitlines() if not line.startswith("warning:")]
+    assert differs.returncode == 2 and len(said) == 1, differs.stderr[-3000:]
+    assert said[0].startswith(f"error: dataset {FAST[1]} is not the same on every node of the cluster (node ")
+    port = re.escape(address.split(":")[1])   # `ray start` records the node's own IP, not the one given
+    for r, words in zip(own, (rf"RAY_ADDRESS is set \(\S+:{port}\), as in a Ray job",
+                              rf"a Ray cluster started with `ray start` runs on this machine \(\S+:{port}\)")):
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+        assert re.match(rf"error: {words}: .*give --address \S+:{port} and --storage", lines[0]), lines[0]
+    assert not (tmp_path / "results" / "own").exists()
 
 
 def placements(exp: Path) -> dict:
@@ -843,9 +862,18 @@ def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_
     r = run(["--resume", str(exp), "--samples", "9"], tmp_path)
     assert r.returncode == 2 and "time budget (4s) is spent" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     before = spent["spent_before_s"] + spent["last_seen"] - spent["started"]
-    r = run(["--resume", str(exp), "--samples", "9", "--time-budget", "4s"], tmp_path)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert "extending" in r.stdout and len(trial_dirs(exp)) > 2
+    p = subprocess.Popen(RUN + ["--resume", str(exp), "--samples", "9", "--time-budget", "4s"], cwd=tmp_path,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # the budget's record as the resumed run writes it: whole at every read, and never back in time (Ray brings
+    # the folder's .json files down on a resume and copies them back over it, in place, at every snapshot)
+    seen = []
+    while p.poll() is None:
+        seen.append(json.loads((exp / "budget.json").read_text())["last_seen"])
+        time.sleep(0.01)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 0, out[-3000:] + err[-3000:]
+    assert seen == sorted(seen) and seen[-1] > seen[0]
+    assert "extending" in out and len(trial_dirs(exp)) > 2
     assert json.loads((exp / "budget.json").read_text())["limit_s"] == pytest.approx(before + 4)
     assert json.loads((exp / "search.json").read_text())["samples"] == 9
 

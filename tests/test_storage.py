@@ -204,7 +204,7 @@ def test_a_cluster_search_on_s3_killed_mid_way_resumes_on_the_cluster(s3, tmp_pa
     from test_search import ray_cluster
     env, client = s3
     name = f"cl3-{tmp_path.name[-1]}"  # a rerun's own name: the store keeps the first attempt's
-    with ray_cluster(env) as (address, head_ids, env, _):
+    with ray_cluster(env) as (address, head_ids, env, *_):
         args = ["--space", "smoke", "--samples", "5", "--max-epochs", "3", "--grace-period", "1", "--name", name,
                 "--address", address, "--storage", f"s3://{BUCKET}/cluster", "--results", str(tmp_path), *FAST]
         home = tmp_path / name

@@ -36,7 +36,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from trainables.files import atomic_file
 from tune.budget import Budget
 from tune.study import backup_study, searcher_storage
-from tune.trials import BUDGET_FILE, RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as, ray_snapshot
+from tune.trials import (BUDGET_FILE, DRIVER_JSON, RAY_ENDED, STEP, STUDY_FILE, Experiment, ended_as,
+                         ray_snapshot)
 
 
 WIDTH_EVERY_S = 5.0   # how often a cluster's width is read again (WideningLimiter)
@@ -137,6 +138,13 @@ class TruthfulOptunaSearch(OptunaSearch):
         trial the searcher knows may never run again (run.py closes it as lost when the search ends), and
         a trial Ray runs may be unknown to the study (run.py adds it first: catch_up)."""
         super().restore(checkpoint_path)
+        staging = Path(checkpoint_path).parent
+        if "://" in self.experiment or staging.resolve() != Path(self.experiment).resolve():
+            # Ray's staging folder, which it copies over the experiment folder, in place, at every snapshot:
+            # copies of the driver's own files there (brought down on the resume) would go back to their
+            # state at the resume, and be read half-written. The study and budget a mirror needs, save writes
+            for name in DRIVER_JSON:
+                (staging / name).unlink(missing_ok=True)
         if isinstance(self._storage, optuna.storages.RDBStorage):   # a search snapshotted before tune/study.py
             db = Path(self._storage.url.removeprefix("sqlite:///"))
             self._storage = self._ot_study._storage = searcher_storage(db)

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import re
+import socket
 import sys
 import tempfile
 import uuid
@@ -47,16 +48,36 @@ def start_ray(address: str | None) -> None:
             sys.stderr.write(said)
             raise UsageError(f"cannot join the Ray cluster at {address}: {str(failed).splitlines()[0]}")
     else:
-        if os.environ.get("RAY_ADDRESS"):
-            print(f"note: RAY_ADDRESS is set ({os.environ['RAY_ADDRESS']}), but without --address this search runs "
-                  "on a Ray of its own on this machine; to search on that cluster, give --address and --storage",
-                  file=sys.stderr, flush=True)
+        if found := cluster_here():
+            raise UsageError(found)
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
-        # "local": without it Ray joins RAY_ADDRESS or the last `ray start` cluster on this machine, where the
-        # search would size trials from this machine and keep its results on this machine's disk
+        # "local": Ray's default would join a cluster of a stale `ray start` file too, and fail there
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": {"PYTHONPATH": path}},
                  logging_level=logging.ERROR)  # Ray's start-up notices would bury a one-line error
+
+
+def cluster_here() -> str | None:
+    """Why a search without --address must not start a Ray of its own, or None: Ray's own ray.init() would
+    join RAY_ADDRESS (set in a Ray job) or the last `ray start` on this machine, but as a local search, sized
+    from this machine with its results on this machine's disk; and a second Ray beside one started here
+    would book the same CPUs and GPUs twice."""
+    how = "give --address {} and --storage (a folder every node sees, or a URI)"
+    if address := os.environ.get("RAY_ADDRESS"):
+        return (f"RAY_ADDRESS is set ({address}), as in a Ray job: to search on that cluster {how.format(address)}; "
+                "for a Ray of this search's own, unset RAY_ADDRESS")
+    from ray._private.utils import read_ray_address
+    address = read_ray_address()   # written by `ray start`, removed by `ray stop` (not by a crash: hence the probe)
+    host, _, port = (address or "").rpartition(":")
+    if not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=1).close()
+    except OSError:
+        return None
+    return (f"a Ray cluster started with `ray start` runs on this machine ({address}): to search on it "
+            f"{how.format(address)}; a Ray of this search's own would book its CPUs and GPUs twice, so stop it "
+            "first (ray stop) for that")
 
 
 def token_found() -> bool:
@@ -120,6 +141,9 @@ def per_trial(gpus_per_trial: float | None, cpus_per_trial: float | None, shape:
     gpus = sum(n["GPU"] for n in shape)
     if gpus_per_trial is None:
         gpus_per_trial = 1.0 if gpus else 0.0
+        if cluster and not gpus:   # an autoscaler adds GPU nodes only for trials that ask for GPUs
+            print("note: no node of this cluster has a GPU now, so its trials train on CPUs; for GPU trials that "
+                  "wait for the GPU nodes an autoscaler adds, give --gpus-per-trial and --cpus-per-trial", flush=True)
     if gpus_per_trial < 0:
         raise UsageError(f"--gpus-per-trial {gpus_per_trial:g}: use 0, 1 or a fraction of one GPU")
     if gpus_per_trial > 1:  # Ray would reserve them all while the trainer drives one
@@ -156,8 +180,8 @@ def slots(resources: dict, shape: list[dict] | None = None) -> int:
     total = 0
     for n in (nodes() if shape is None else shape):
         k = math.floor(n["CPU"] / resources["cpu"] + 1e-9)
-        if resources["gpu"]:
-            k = min(k, math.floor(n["GPU"] / resources["gpu"] + 1e-9))
+        if resources["gpu"]:   # a fraction must fit on one GPU (Ray splits each GPU, not their sum): 0.4 fits 2
+            k = min(k, math.floor(n["GPU"] + 1e-9) * math.floor(1 / resources["gpu"] + 1e-9))
         total += k
     return max(total, 1)
 

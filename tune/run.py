@@ -203,7 +203,9 @@ def refuse_on_cpus(space, s) -> None:
     images = max(resources.train_images(d) for d in values_of(space, "data"))
     raise UsageError(f"space {space.name} requires a GPU and its trials would train on CPUs: "
                      f"{resources.cpu_estimate(arch, size, images, s.samples, s.max_epochs)}; use a GPU, a CPU "
-                     "space (smoke, small, real_cpu), or pass --allow-cpu to run it anyway")
+                     "space (smoke, small, real_cpu), or pass --allow-cpu to run it anyway" +
+                     ("; on a cluster whose GPU nodes have yet to join, give --gpus-per-trial and --cpus-per-trial"
+                      if s.address else ""))
 
 
 def preparation(space) -> dict:
@@ -276,8 +278,9 @@ def main(argv=None):
         space = with_data_path(space, res["cpu"])
         s.space = space.to_dict()
     prep = preparation(space)
-    if s.address and "://" not in s.storage:
-        resources.check_shared_storage(s.storage)
+    if s.address:   # the storage (a folder, or a URI) says nothing of the data each node reads
+        if "://" not in s.storage:
+            resources.check_shared_storage(s.storage)
         fingerprints = resources.prepare_everywhere(**prep)
     else:
         fingerprints = resources.prepare(**prep)

@@ -60,6 +60,8 @@ def ended_as(epochs: int, max_epochs: int, failed: bool = False, budget_spent: b
 
 
 EXPORT_FILES = ("best_config.json", "leaderboard.csv", "report.md", "report.html", "report")
+# the driver's own .json files beside Ray's: a resume brings every .json there down into Ray's staging folder
+DRIVER_JSON = (SETTINGS_FILE, BUDGET_FILE, *(f for f in EXPORT_FILES if f.endswith(".json")))
 
 
 SEARCH_STATE_GLOB = "search_gen_state-*.json"   # Ray's own: its search generator's counts, pickled
