@@ -65,10 +65,15 @@ def test_without_address_a_cluster_ray_would_join_is_refused_and_a_stale_one_is_
     from tune.resources import cluster_here, start_ray
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.5:6379")
-    with pytest.raises(UsageError, match=r"RAY_ADDRESS is set \(10.0.0.5:6379\), as in a Ray job: to search on "
-                                         r"that cluster give --address 10.0.0.5:6379 and --storage"):
+    with pytest.raises(UsageError, match=r"RAY_ADDRESS is set \(10.0.0.5:6379\), as in a Ray job: to search on it "
+                                         r"give --address 10.0.0.5:6379 and --storage"):
         start_ray(None)
     assert not ray.is_initialized()
+    # --resume takes no --address: only the other way out is offered
+    assert cluster_here(resume=True) == ("RAY_ADDRESS is set (10.0.0.5:6379), as in a Ray job: to resume this "
+                                         "search on a Ray of its own, unset RAY_ADDRESS")
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")   # the Jobs CLI's address, not one ray.init joins
+    assert cluster_here() is None
     monkeypatch.delenv("RAY_ADDRESS")
     assert cluster_here() is None   # no `ray start` here
     (tmp_path / "ray").mkdir()
@@ -79,4 +84,5 @@ def test_without_address_a_cluster_ray_would_join_is_refused_and_a_stale_one_is_
         (tmp_path / "ray" / "ray_current_cluster").write_text(address)
         assert cluster_here().startswith(f"a Ray cluster started with `ray start` runs on this machine ({address}): "
                                          f"to search on it give --address {address}")
+        assert "--address" not in cluster_here(resume=True)
     assert cluster_here() is None   # the file outlived its cluster

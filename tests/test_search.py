@@ -690,8 +690,7 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     args = ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
             "--name", "cl", "--storage", str(tmp_path / "shared"), *FAST]
     grown = tmp_path / "shared" / "grow"
-    from trainables.data import data_home
-    from trainables.synthetic import SyntheticSpec
+    from trainables.data import prepare
     from tune.trials import ray_snapshot
 
     def live() -> int:   # trials PENDING or RUNNING in Ray's newest snapshot (0 while it has none or is mid-write)
@@ -718,9 +717,9 @@ def test_search_on_a_running_ray_cluster(tmp_path):
         out, err = search.communicate(timeout=600)
         # a second GPU worker whose copy of the data lacks an image (its own data home): refused in one line
         other = tmp_path / "other-home"
-        spec = SyntheticSpec.parse(FAST[1])
-        shutil.copytree(data_home() / "datasets" / spec.dirname, other / "datasets" / spec.dirname)
-        next((other / "datasets" / spec.dirname / "train").glob("*/*")).unlink()
+        copy = other / "datasets" / prepare(FAST[1]).name   # where that node's data home keeps it
+        shutil.copytree(prepare(FAST[1]), copy)
+        next((copy / "train").glob("*/*")).unlink()
         join(8, 1, IMAGENETTE_TUNE_HOME=str(other))
         args += ["--address", address]
         differs = subprocess.run(RUN + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -862,15 +861,18 @@ def test_a_time_budget_stops_starting_trials_and_lets_running_ones_finish_their_
     r = run(["--resume", str(exp), "--samples", "9"], tmp_path)
     assert r.returncode == 2 and "time budget (4s) is spent" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     before = spent["spent_before_s"] + spent["last_seen"] - spent["started"]
-    p = subprocess.Popen(RUN + ["--resume", str(exp), "--samples", "9", "--time-budget", "4s"], cwd=tmp_path,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    # the budget's record as the resumed run writes it: whole at every read, and never back in time (Ray brings
-    # the folder's .json files down on a resume and copies them back over it, in place, at every snapshot)
-    seen = []
-    while p.poll() is None:
-        seen.append(json.loads((exp / "budget.json").read_text())["last_seen"])
-        time.sleep(0.01)
-    out, err = p.communicate(timeout=60)
+    with open(tmp_path / "out.txt", "w+") as out, open(tmp_path / "err.txt", "w+") as err:   # not pipes: unread
+        p = subprocess.Popen(RUN + ["--resume", str(exp), "--samples", "9", "--time-budget", "4s"], cwd=tmp_path,
+                             stdout=out, stderr=err, text=True)
+        # the budget's record as the resumed run writes it: whole at every read, and never back in time (Ray
+        # brings the folder's .json files down on a resume and copies them back over it, in place, at snapshots)
+        seen, deadline = [], time.time() + 600
+        while p.poll() is None and time.time() < deadline:
+            seen.append(json.loads((exp / "budget.json").read_text())["last_seen"])
+            time.sleep(0.01)
+        p.kill()   # if the deadline passed; else it has exited
+        p.wait()
+    out, err = (tmp_path / "out.txt").read_text(), (tmp_path / "err.txt").read_text()
     assert p.returncode == 0, out[-3000:] + err[-3000:]
     assert seen == sorted(seen) and seen[-1] > seen[0]
     assert "extending" in out and len(trial_dirs(exp)) > 2

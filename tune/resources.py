@@ -21,7 +21,7 @@ from tune.cli import UsageError
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, resume: bool = False) -> None:
     """Local Ray, or join a cluster; trials' output stays in their logs, the driver shows the live table."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
@@ -48,7 +48,7 @@ def start_ray(address: str | None) -> None:
             sys.stderr.write(said)
             raise UsageError(f"cannot join the Ray cluster at {address}: {str(failed).splitlines()[0]}")
     else:
-        if found := cluster_here():
+        if found := cluster_here(resume):
             raise UsageError(found)
         path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
         # "local": Ray's default would join a cluster of a stale `ray start` file too, and fail there
@@ -57,27 +57,30 @@ def start_ray(address: str | None) -> None:
                  logging_level=logging.ERROR)  # Ray's start-up notices would bury a one-line error
 
 
-def cluster_here() -> str | None:
+def cluster_here(resume: bool = False) -> str | None:
     """Why a search without --address must not start a Ray of its own, or None: Ray's own ray.init() would
     join RAY_ADDRESS (set in a Ray job) or the last `ray start` on this machine, but as a local search, sized
     from this machine with its results on this machine's disk; and a second Ray beside one started here
-    would book the same CPUs and GPUs twice."""
-    how = "give --address {} and --storage (a folder every node sees, or a URI)"
-    if address := os.environ.get("RAY_ADDRESS"):
-        return (f"RAY_ADDRESS is set ({address}), as in a Ray job: to search on that cluster {how.format(address)}; "
-                "for a Ray of this search's own, unset RAY_ADDRESS")
+    would book the same CPUs and GPUs twice. A search being resumed stays where it ran (--resume takes
+    neither --address nor --storage)."""
+    join = ("" if resume else
+            "to search on it give --address {} and --storage (a folder every node sees, or a URI); ")
+    address = os.environ.get("RAY_ADDRESS", "")
+    if address and not address.startswith(("http://", "https://")):   # those are the Jobs CLI's, not ray.init's
+        return (f"RAY_ADDRESS is set ({address}), as in a Ray job: {join.format(address)}"
+                f"to {'resume this search' if resume else 'search'} on a Ray of its own, unset RAY_ADDRESS")
     from ray._private.utils import read_ray_address
     address = read_ray_address()   # written by `ray start`, removed by `ray stop` (not by a crash: hence the probe)
     host, _, port = (address or "").rpartition(":")
     if not port.isdigit():
         return None
     try:
-        socket.create_connection((host, int(port)), timeout=1).close()
+        socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
     except OSError:
         return None
-    return (f"a Ray cluster started with `ray start` runs on this machine ({address}): to search on it "
-            f"{how.format(address)}; a Ray of this search's own would book its CPUs and GPUs twice, so stop it "
-            "first (ray stop) for that")
+    return (f"a Ray cluster started with `ray start` runs on this machine ({address}): {join.format(address)}"
+            f"a Ray of this search's own would book its CPUs and GPUs twice, so stop that one first (ray stop) "
+            f"to {'resume this search' if resume else 'search'} on a Ray of its own")
 
 
 def token_found() -> bool:

@@ -263,7 +263,7 @@ def main(argv=None):
         check(d)
         if found := describe_folder(d):
             print(found, flush=True)
-    resources.start_ray(s.address)
+    resources.start_ray(s.address, resume=bool(args.resume))
     res = resources.per_trial(s.gpus_per_trial, s.cpus_per_trial, cluster=bool(s.address))  # and impossible ones
     if res["gpu"] and "bf16" in values_of(space, "precision") and (slow := resources.emulated_bf16()):
         chosen = "precision's choices include bf16" if "precision" in space.params else "precision=bf16"

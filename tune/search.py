@@ -254,8 +254,8 @@ class RestartedTrials(Callback):
       have copied the next and deleted it after its last snapshot. The trial then starts without it (Ray has
       no setting for this), and tune_trainable takes the newest whole checkpoint in its folder.
     - Its logs: Ray's loggers append to result.json and progress.csv in the driver's staging folder, which Ray
-      copies over the storage's; a new driver's staging folder has no trial folders (Ray brings down only the
-      .json and .pkl files at the experiment folder's top),
+      copies over the storage's; a new driver's staging folder can lack them (Ray brings down only the .json
+      and .pkl files at the experiment folder's top),
       so the rows from before the kill would be lost. They are brought down first, and the epochs Ray will
       not be told again (up to its checkpoint's) that the storage lacks (its copy can be older than Ray's
       snapshot) are written from the checkpoint's history."""
