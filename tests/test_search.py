@@ -614,7 +614,8 @@ def ray_cluster(env: dict, workers: int = 2):
     """A cluster started with `ray start`, shaped as a real one: a head of 8 CPUs and no GPU, `workers` of
     8 CPUs and 1 GPU each (logical), with token authentication on. Yields its address, the head's node ids,
     the environment of a driver that has the cluster's token, join(cpus, gpus=0, **env): a worker of that
-    shape (and environment) joins, and it returns once the worker is up, and the folder that RAY_TMPDIR names to find the cluster."""
+    shape (and environment) joins, and it returns once the worker is up, and the folder that RAY_TMPDIR
+    names to find the cluster."""
     import socket
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -673,6 +674,23 @@ def ray_cluster(env: dict, workers: int = 2):
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def join_with_other_data(join, home: Path) -> Path:
+    """A GPU worker joins whose own data home (`home`) holds FAST's data less one image; returns the folder
+    to delete for that node to generate its own, the same as the others'."""
+    from trainables.data import prepare
+    copy = home / "datasets" / prepare(FAST[1]).name   # where that node's data home keeps it
+    shutil.copytree(prepare(FAST[1]), copy)
+    next((copy / "train").glob("*/*")).unlink()
+    join(8, 1, IMAGENETTE_TUNE_HOME=str(home))
+    return home / "datasets"
+
+
+def refused_for_other_data(r) -> bool:
+    said = [line for line in r.stderr.strip().splitlines() if not line.startswith("warning:")]
+    return r.returncode == 2 and len(said) == 1 and said[0].startswith(
+        f"error: dataset {FAST[1]} is not the same on every node of the cluster (node ")
+
+
 def test_search_on_a_running_ray_cluster(tmp_path):
     """--address joins a cluster started with `ray start` (ray_cluster), at first its head alone (8 CPUs, no
     GPU), as an autoscaler's cluster starts. A search of GPU trials (a quarter GPU each) finds no node to hold
@@ -690,7 +708,6 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     args = ["--space", "smoke", "--samples", "2", "--max-epochs", "2", "--grace-period", "1", "--searcher", "random",
             "--name", "cl", "--storage", str(tmp_path / "shared"), *FAST]
     grown = tmp_path / "shared" / "grow"
-    from trainables.data import prepare
     from tune.trials import ray_snapshot
 
     def live() -> int:   # trials PENDING or RUNNING in Ray's newest snapshot (0 while it has none or is mid-write)
@@ -715,15 +732,11 @@ def test_search_on_a_running_ray_cluster(tmp_path):
             after = max(after, live())
             time.sleep(0.5)
         out, err = search.communicate(timeout=600)
-        # a second GPU worker whose copy of the data lacks an image (its own data home): refused in one line
-        other = tmp_path / "other-home"
-        copy = other / "datasets" / prepare(FAST[1]).name   # where that node's data home keeps it
-        shutil.copytree(prepare(FAST[1]), copy)
-        next((copy / "train").glob("*/*")).unlink()
-        join(8, 1, IMAGENETTE_TUNE_HOME=str(other))
+        # a second GPU worker whose copy of the data lacks an image: refused in one line
+        other = join_with_other_data(join, tmp_path / "other-home")
         args += ["--address", address]
         differs = subprocess.run(RUN + args, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-        shutil.rmtree(other / "datasets")   # that node generates its own, the same as the others'
+        shutil.rmtree(other)
         wrong = subprocess.run(RUN + args, cwd=tmp_path, env={**env, "RAY_AUTH_TOKEN": uuid.uuid4().hex * 2},
                                capture_output=True, text=True, timeout=600)
         wrote = [p for p in ("shared/cl", "results/cl") if (tmp_path / p).exists()]
@@ -758,14 +771,12 @@ def test_search_on_a_running_ray_cluster(tmp_path):
     assert len(nodes_used) == 2 and not nodes_used & head_ids   # one trial on each GPU worker
     assert {g for _, g, *_ in placed.values()} == {"0"}
     assert not list((tmp_path / "shared").glob(".shared-check-*"))   # the storage probe cleans up
-    said = [line for line in differs.stderr.strip().splitlines() if not line.startswith("warning:")]
-    assert differs.returncode == 2 and len(said) == 1, differs.stderr[-3000:]
-    assert said[0].startswith(f"error: dataset {FAST[1]} is not the same on every node of the cluster (node ")
+    assert refused_for_other_data(differs), differs.stderr[-3000:]
     port = re.escape(address.split(":")[1])   # `ray start` records the node's own IP, not the one given
-    for r, words in zip(own, (rf"RAY_ADDRESS is set \(\S+:{port}\), as in a Ray job",
+    for o, words in zip(own, (rf"RAY_ADDRESS is set \(\S+:{port}\), as in a Ray job",
                               rf"a Ray cluster started with `ray start` runs on this machine \(\S+:{port}\)")):
-        lines = r.stderr.strip().splitlines()
-        assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+        lines = o.stderr.strip().splitlines()
+        assert o.returncode == 2 and len(lines) == 1, o.stderr[-3000:]
         assert re.match(rf"error: {words}: .*give --address \S+:{port} and --storage", lines[0]), lines[0]
     assert not (tmp_path / "results" / "own").exists()
 

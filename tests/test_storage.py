@@ -203,23 +203,17 @@ def test_a_cluster_search_on_s3_killed_mid_way_resumes_on_the_cluster(s3, tmp_pa
     driver is killed and resumed, and S3, the study and the export agree. Before that, with the second
     worker's copy of the data lacking an image, the search is refused in one line: each node's data is
     compared whatever the storage."""
-    from test_search import ray_cluster
-    from trainables.data import prepare
+    from test_search import join_with_other_data, ray_cluster, refused_for_other_data
     env, client = s3
     name = f"cl3-{tmp_path.name[-1]}"  # a rerun's own name: the store keeps the first attempt's
     with ray_cluster(env, workers=1) as (address, head_ids, env, join, _):
         args = ["--space", "smoke", "--samples", "5", "--max-epochs", "3", "--grace-period", "1", "--name", name,
                 "--address", address, "--storage", f"s3://{BUCKET}/cluster", "--results", str(tmp_path), *FAST]
-        home, other = tmp_path / name, tmp_path / "other-home"
-        copy = other / "datasets" / prepare(FAST[1]).name   # where that node's data home keeps it
-        shutil.copytree(prepare(FAST[1]), copy)
-        next((copy / "train").glob("*/*")).unlink()
-        join(8, 1, IMAGENETTE_TUNE_HOME=str(other))
+        home = tmp_path / name
+        other = join_with_other_data(join, tmp_path / "other-home")
         differs = search(args, tmp_path, env)
-        shutil.rmtree(other / "datasets")   # that node generates its own, the same as the others'
-        said = [line for line in differs.stderr.strip().splitlines() if not line.startswith("warning:")]
-        assert differs.returncode == 2 and len(said) == 1, differs.stderr[-3000:]
-        assert said[0].startswith(f"error: dataset {FAST[1]} is not the same on every node of the cluster")
+        shutil.rmtree(other)
+        assert refused_for_other_data(differs), differs.stderr[-3000:]
         assert not home.exists() and not keys(client, f"cluster/{name}/")
         kill_when(args, tmp_path, env, finished(home, 2))   # the driver only: the cluster runs on
         r = search(["--resume", str(home)], tmp_path, env)

@@ -139,7 +139,7 @@ class TruthfulOptunaSearch(OptunaSearch):
         a trial Ray runs may be unknown to the study (run.py adds it first: catch_up)."""
         super().restore(checkpoint_path)
         staging = Path(checkpoint_path).parent
-        if "://" in self.experiment or staging.resolve() != Path(self.experiment).resolve():
+        if staging.resolve() != Path(self.experiment).resolve():   # never the driver's folder itself
             # Ray's staging folder, which it copies over the experiment folder, in place, at every snapshot:
             # copies of the driver's own files there (brought down on the resume) would go back to their
             # state at the resume, and be read half-written. The study and budget a mirror needs, save writes

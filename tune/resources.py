@@ -63,12 +63,14 @@ def cluster_here(resume: bool = False) -> str | None:
     from this machine with its results on this machine's disk; and a second Ray beside one started here
     would book the same CPUs and GPUs twice. A search being resumed stays where it ran (--resume takes
     neither --address nor --storage)."""
-    join = ("" if resume else
-            "to search on it give --address {} and --storage (a folder every node sees, or a URI); ")
+    own = f"to {'resume this search' if resume else 'search'} on a Ray of its own"
+
+    def join(address):
+        return "" if resume else (f"to search on it give --address {address} and --storage (a folder every "
+                                  "node sees, or a URI); ")
     address = os.environ.get("RAY_ADDRESS", "")
     if address and not address.startswith(("http://", "https://")):   # those are the Jobs CLI's, not ray.init's
-        return (f"RAY_ADDRESS is set ({address}), as in a Ray job: {join.format(address)}"
-                f"to {'resume this search' if resume else 'search'} on a Ray of its own, unset RAY_ADDRESS")
+        return f"RAY_ADDRESS is set ({address}), as in a Ray job: {join(address)}{own}, unset RAY_ADDRESS"
     from ray._private.utils import read_ray_address
     address = read_ray_address()   # written by `ray start`, removed by `ray stop` (not by a crash: hence the probe)
     host, _, port = (address or "").rpartition(":")
@@ -78,9 +80,8 @@ def cluster_here(resume: bool = False) -> str | None:
         socket.create_connection((host.strip("[]"), int(port)), timeout=1).close()
     except OSError:
         return None
-    return (f"a Ray cluster started with `ray start` runs on this machine ({address}): {join.format(address)}"
-            f"a Ray of this search's own would book its CPUs and GPUs twice, so stop that one first (ray stop) "
-            f"to {'resume this search' if resume else 'search'} on a Ray of its own")
+    return (f"a Ray cluster started with `ray start` runs on this machine ({address}): {join(address)}a Ray of "
+            f"this search's own would book its CPUs and GPUs twice, so stop that one first (ray stop) {own}")
 
 
 def token_found() -> bool:
