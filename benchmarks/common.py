@@ -1,6 +1,7 @@
 """What every benchmark shares: the project on the path, the real photos if present, JSON results with the machine."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -44,3 +45,37 @@ def real_subset(dst: Path, n_train: int, n_val: int, src: Path = REAL_DATA) -> P
                 if not link.exists():
                     os.symlink(src / split / wnid / f, link)
     return dst
+
+
+@contextlib.contextmanager
+def local_s3(bucket: str, log: Path | None = None):
+    """moto's S3 server on a free port, with `bucket` made: yields (the environment a search's processes get,
+    a boto3 client). Ray's workers inherit the driver's environment. The keys are moto's placeholders, not
+    credentials. `log` keeps the server's request log (one line per request)."""
+    import socket
+    import subprocess
+
+    import boto3
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = open(log, "w") if log else subprocess.DEVNULL
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
+                              stdout=out, stderr=subprocess.STDOUT)
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
+                          aws_secret_access_key="testing", region_name="us-east-1")
+    try:
+        for _ in range(100):
+            try:
+                client.create_bucket(Bucket=bucket)
+                break
+            except Exception:  # the server is still starting
+                time.sleep(0.1)
+        yield env, client
+    finally:
+        server.terminate()
+        server.wait()
+        if log:
+            out.close()

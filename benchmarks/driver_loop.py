@@ -1,18 +1,23 @@
-"""Does the driver keep up at width? Snapshot cadence, TensorBoard's lag and the driver's CPU at 2 and 16 at once.
+"""Does the driver keep up at width? Snapshot cadence, TensorBoard's lag and the driver's CPU at 2 and 16 at once,
+with the trials on local disk and on S3.
 
-python benchmarks/driver_loop.py [--widths 2 16] [--samples 32] [--max-epochs 4]
+python benchmarks/driver_loop.py [--widths 2 16] [--storages disk s3] [--samples 32] [--max-epochs 4]
 Each search is `tune/run.py --space smoke` as a user runs it (random search + ASHA, so that every slot
-is busy from the start, one logical CPU per trial: RAY_OVERRIDE_RESOURCES, Ray's own switch), with the
-results on local disk. While it runs, a watcher polls results/<name>/ every 0.1 s:
-- snapshots: when Ray's experiment_state-*.json changes there (what a kill of the driver loses is what
-  happened since the last one; the README promises about 2 s, TUNE_GLOBAL_CHECKPOINT_S);
-- TensorBoard's lag: for every result row, the time it shows up in results/<name>/<trial>/result.json
-  (synced with the events files) minus the time the trial reported it (Ray's whole-second `timestamp`,
-  so the lag is counted from the middle of that second);
+is busy from the start, one logical CPU per trial: RAY_OVERRIDE_RESOURCES, Ray's own switch). `disk` keeps
+the results on local disk; `s3` gives `--storage s3://...` on moto's S3 server, started here (its request log
+counts what each snapshot uploads). While it runs, a watcher polls every 0.1 s:
+- snapshots: when Ray's experiment_state-*.json changes in the results folder (disk), or in the bucket (s3:
+  uploaded; a kill of the driver loses what happened since the last one; the README promises about 2 s,
+  TUNE_GLOBAL_CHECKPOINT_S);
+- TensorBoard's lag: for every result row, the time it shows up in the trial's result.json in the driver's
+  folder (s3: Ray's staging folder, which it uploads at each snapshot), synced with the events files, minus
+  the time the trial reported it (Ray's whole-second `timestamp`, so the lag is counted from the middle of
+  that second); a driver blocked on an upload shows here;
 - the driver's CPU: its user + system time over the wall time (/proc/<pid>/stat), Ray's own processes aside.
-Saves benchmarks/results/driver_loop.json after every width.
+Saves benchmarks/results/driver_loop.json after every search.
 """
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -22,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import ROOT, save
+from common import ROOT, local_s3, save
 
 NAME = "driver_loop"
 TICK = 0.1
@@ -33,9 +38,19 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
 
 
-def watch(proc: subprocess.Popen, exp: Path) -> dict:
-    """Polls the results folder until the search exits: snapshot times, first-seen time of each result row."""
-    snapshots, last_mtime, seen, lags, cpu = [], None, {}, [], 0.0
+BUCKET = "searches"
+
+
+def newest_state(client, name: str) -> dict | None:
+    """The bucket's newest experiment_state: its ETag changes when Ray has uploaded a snapshot."""
+    objs = client.list_objects_v2(Bucket=BUCKET, Prefix=f"{name}/experiment_state-").get("Contents", [])
+    return max(objs, key=lambda o: o["Key"]) if objs else None
+
+
+def watch(proc: subprocess.Popen, logs: Path | str, state) -> dict:
+    """Polls until the search exits: when the snapshot changes (`state()`: a marker of the newest one), when
+    each result row shows up under `logs` (a glob when the folder is not known yet)."""
+    snapshots, last, seen, lags, epoch_s, cpu = [], None, {}, [], [], 0.0
     t0 = time.time()
     while proc.poll() is None:
         now = time.time()
@@ -43,13 +58,12 @@ def watch(proc: subprocess.Popen, exp: Path) -> dict:
             cpu = cpu_seconds(proc.pid)
         except (FileNotFoundError, ProcessLookupError):
             pass
-        states = sorted(exp.glob("experiment_state-*.json"))
-        if states:
-            m = states[-1].stat().st_mtime
-            if m != last_mtime:
-                snapshots.append(now)
-                last_mtime = m
-        for f in exp.glob("*/result.json"):
+        if (m := state()) is not None and m != last:
+            snapshots.append(now)
+            last = m
+        if isinstance(logs, str):   # Ray's staging folder, which it makes once the search starts
+            logs = next(iter(Path("/").glob(logs.lstrip("/"))), logs)
+        for f in ([] if isinstance(logs, str) else logs.glob("*/result.json")):
             lines = f.read_text().splitlines()
             for line in lines[seen.get(f, 0):]:
                 try:
@@ -57,6 +71,7 @@ def watch(proc: subprocess.Popen, exp: Path) -> dict:
                 except json.JSONDecodeError:  # a row caught half written: read it at the next tick
                     break
                 lags.append(now - (row["timestamp"] + 0.5))
+                epoch_s.append(row["time_this_iter_s"])
                 seen[f] = seen.get(f, 0) + 1
         time.sleep(TICK)
     wall = time.time() - t0
@@ -66,47 +81,76 @@ def watch(proc: subprocess.Popen, exp: Path) -> dict:
             "snapshots": len(snapshots),
             "snapshot_gap_s": {"median": statistics.median(gaps) if gaps else None, "p95": q(gaps, 0.95),
                                "max": max(gaps, default=None)},
-            "results_seen": len(lags),
+            "results_seen": len(lags), "epoch_s_median": statistics.median(epoch_s) if epoch_s else None,
             "tensorboard_lag_s": {"median": statistics.median(lags) if lags else None, "p95": q(lags, 0.95),
                                   "max": max(lags, default=None)}}
 
 
-def run(width: int, args, root: Path) -> dict:
-    name = f"w{width}"
+def requests(log: Path, name: str) -> dict:
+    """What the search asked of the S3 server, from its request log: files written (a small file is one
+    multipart upload of three requests, or one PUT), folder markers, and how many files each snapshot wrote."""
+    lines = [line for line in log.read_text().splitlines() if f" /{BUCKET}/{name}/" in line]
+    starts = [line for line in lines if '"POST ' in line and "?uploads " in line]
+    puts = [line for line in lines if '"PUT ' in line and "partNumber=" not in line]
+    markers = [line for line in puts if "/ HTTP/" in line]
+    files = len(starts) + len(puts) - len(markers)
+    states = sum("/experiment_state-" in line for line in starts + puts)
+    return {"requests": len(lines), "files_written": files, "folder_markers": len(markers),
+            "snapshots_uploaded": states, "files_per_snapshot": files / states if states else None}
+
+
+def run(width: int, storage: str, args, root: Path) -> dict:
+    name = f"w{width}-{storage}"
     cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", "smoke", "--searcher", "random",
            "--samples", str(args.samples), "--max-epochs", str(args.max_epochs), "--grace-period", "2",
            "--concurrent", str(width), "--cpus-per-trial", "1", "--gpus-per-trial", "0",
            "--results", str(root), "--name", name]
-    env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": max(width, 2)})}
-    with open(root / f"{name}.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        out = watch(proc, root / name)
+    env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": max(width, 2)}),
+           "RAY_TMPDIR": str(root / "ray")}
+    with contextlib.ExitStack() as stack:
+        if storage == "s3":
+            env_s3, client = stack.enter_context(local_s3(BUCKET, root / f"{name}-s3.log"))
+            env.update({k: v for k, v in env_s3.items() if k.startswith("AWS_")})
+            cmd += ["--storage", f"s3://{BUCKET}"]
+            logs = f"{root}/ray/ray/session_*/artifacts/*/{name}/driver_artifacts"
+            state = lambda: (newest_state(client, name) or {}).get("ETag")  # noqa: E731
+            size = lambda: newest_state(client, name)["Size"]  # noqa: E731
+        else:
+            logs = root / name
+            state = lambda: max((f.stat().st_mtime for f in logs.glob("experiment_state-*.json")), default=None)  # noqa: E731
+            size = lambda: max(logs.glob("experiment_state-*.json")).stat().st_size  # noqa: E731
+        with open(root / f"{name}.log", "w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
+            out = watch(proc, logs, state)
+        out["state_bytes"] = size()   # Ray's last snapshot of the trials, written (and uploaded) every 2 s
     if proc.returncode:
         sys.exit(f"search {name} failed:\n{(root / f'{name}.log').read_text()[-3000:]}")
-    rows = [json.loads(line) for f in (root / name).glob("*/result.json") for line in f.read_text().splitlines()]
-    epoch_s = [r["time_this_iter_s"] for r in rows]
-    return {"width": width, **out, "epochs": len(rows), "epoch_s_median": statistics.median(epoch_s)}
+    if storage == "s3":
+        out["s3"] = requests(root / f"{name}-s3.log", name)
+    return {"width": width, "storage": storage, **out}
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     p.add_argument("--widths", type=int, nargs="+", default=[2, 16])
+    p.add_argument("--storages", nargs="+", choices=["disk", "s3"], default=["disk", "s3"])
     p.add_argument("--samples", type=int, default=32)
     p.add_argument("--max-epochs", type=int, default=4)
     args = p.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for w in args.widths:
-            print(f"width {w}: {args.samples} trials of smoke, random + ASHA", flush=True)
-            rows.append(run(w, args, Path(tmp)))
-            r = rows[-1]
-            print(f"  {r['wall_s']:.0f} s, {r['snapshots']} snapshots, gap median {r['snapshot_gap_s']['median']:.2f} s "
-                  f"max {r['snapshot_gap_s']['max']:.2f} s; TensorBoard lag median "
-                  f"{r['tensorboard_lag_s']['median']:.2f} s p95 {r['tensorboard_lag_s']['p95']:.2f} s max "
-                  f"{r['tensorboard_lag_s']['max']:.2f} s; driver CPU {100 * r['driver_cpu_fraction_of_one_core']:.0f}%"
-                  f" of a core", flush=True)
-            save(NAME, {"space": "smoke", "searcher": "random + ASHA", "samples": args.samples,
-                        "max_epochs": args.max_epochs, "poll_s": TICK, "rows": rows})
+            for storage in args.storages:
+                print(f"width {w}, {storage}: {args.samples} trials of smoke, random + ASHA", flush=True)
+                rows.append(run(w, storage, args, Path(tmp)))
+                r = rows[-1]
+                print(f"  {r['wall_s']:.0f} s, {r['snapshots']} snapshots, gap median "
+                      f"{r['snapshot_gap_s']['median']:.2f} s max {r['snapshot_gap_s']['max']:.2f} s; TensorBoard lag "
+                      f"median {r['tensorboard_lag_s']['median']:.2f} s p95 {r['tensorboard_lag_s']['p95']:.2f} s max "
+                      f"{r['tensorboard_lag_s']['max']:.2f} s; driver CPU {100 * r['driver_cpu_fraction_of_one_core']:.0f}%"
+                      f" of a core{'; ' + json.dumps(r['s3']) if 's3' in r else ''}", flush=True)
+                save(NAME, {"space": "smoke", "searcher": "random + ASHA", "samples": args.samples,
+                            "max_epochs": args.max_epochs, "poll_s": TICK, "rows": rows})
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -14,38 +13,16 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.common import local_s3
 from test_search import FAST, RUN, study
 
 BUCKET = "searches"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3():
-    """moto's S3 server on a free port; the environment every process of a search gets (Ray's workers
-    inherit the driver's). The keys are moto's placeholders, not credentials."""
-    port = free_port()
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    import boto3
-    client = boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"], aws_access_key_id="testing",
-                          aws_secret_access_key="testing", region_name="us-east-1")
-    for _ in range(100):
-        try:
-            client.create_bucket(Bucket=BUCKET)
-            break
-        except Exception:  # the server is still starting
-            time.sleep(0.1)
-    yield env, client
-    server.terminate()
-    server.wait()
+    with local_s3(BUCKET) as server:
+        yield server
 
 
 def keys(client, prefix: str) -> list[str]:

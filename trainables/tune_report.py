@@ -1,7 +1,6 @@
 """The trainer's only contact with Ray: report each epoch with a checkpoint, resume from the newest one."""
 from __future__ import annotations
 
-import contextlib
 import os
 import tempfile
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 import ray
 from ray import tune
 
-from tune.trials import checkpoint_state, checkpoints
+from tune.trials import checkpoint_state, checkpoints, delete_checkpoints
 
 from .config import TrainConfig
 from .reporting import Reporter
@@ -22,8 +21,8 @@ class TuneReporter(Reporter):
     is taken once at least ten times its cost has passed since the last, so saving costs at most about a
     tenth of a trial's time, and a kill loses at most that much training, or one epoch."""
 
-    def __init__(self, placement: dict, epochs: int, held: str | None = None):
-        self.placement, self.epochs, self.held = placement, epochs, held
+    def __init__(self, placement: dict, epochs: int):
+        self.placement, self.epochs = placement, epochs
         self.cost = 0.0                  # seconds the last checkpoint added to its report
         self.plain = 0.0                 # seconds a report without one took (the driver's round trip)
         self.since = time.monotonic()    # when the last checkpoint was done
@@ -34,30 +33,21 @@ class TuneReporter(Reporter):
             tune.report(row)
             self.plain = time.monotonic() - start
             return
-        drop_stale(self.held)
         with tempfile.TemporaryDirectory() as d:  # tune.report copies it into the trial's storage
             save(Path(d))
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+        drop_stale()
         self.since = time.monotonic()
         self.cost = max(self.since - start - self.plain, 0.0)
 
 
-def drop_stale(held: str | None = None) -> None:
-    """Keep of the trial's checkpoint folders only the newest whole one and `held` (a kill leaves others: a
-    copy cut short, ones Ray's snapshot did not know). `held` is the checkpoint Ray restored the trial with:
-    Ray's checkpoint manager deletes it itself once the next one is in, and fails the trial if it is gone
-    by then. The newest is the copy a resumed trial started from, or the last one it reported."""
+def drop_stale() -> None:
+    """Keep of the trial's checkpoint folders only the newest whole one: the one it just reported (Ray has
+    it by then), or the copy a resumed trial started from. Ray keeps them all (no num_to_keep: tune/search.py),
+    and a kill leaves others: a copy cut short, ones Ray's snapshot did not know. A snapshot taken before the
+    report names the one before, which a resume then does without (tune.search.RestartedTrials)."""
     storage = tune.get_context().get_storage()
-    fs = storage.storage_filesystem
-    found = checkpoints(fs, storage.trial_fs_path)
-    if len(found) < 2:
-        return
-    whole = [(st["epoch"], c) for c in found if (st := checkpoint_state(fs, c))]
-    keep = {max(whole)[1] if whole else None, held.rstrip("/") if held else None}
-    for c in found:
-        if c not in keep:
-            with contextlib.suppress(FileNotFoundError):
-                fs.delete_dir(c)
+    delete_checkpoints(storage.storage_filesystem, storage.trial_fs_path, keep_newest=True)
 
 
 def state_of(checkpoint: tune.Checkpoint | None) -> dict | None:
@@ -101,7 +91,6 @@ def tune_trainable(config: dict) -> None:
                              "loader_workers": loader_workers(cfg)}, cfg.epochs)
     free_memory()  # this process may have run an earlier trial (Tune reuses actors)
     given = tune.get_checkpoint()
-    reporter.held = given.path if given else None
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
     fs = storage.storage_filesystem
     found = [tune.Checkpoint(p, filesystem=fs) for p in checkpoints(fs, storage.trial_fs_path)]
@@ -118,12 +107,11 @@ def tune_trainable(config: dict) -> None:
             replay = history[seen:]
             for i, metrics in enumerate(replay):  # Ray copies the checkpoint of the last row only
                 last = i == len(replay) - 1
-                if last:
-                    drop_stale(reporter.held)
                 tune.report({**metrics, **reporter.placement},
                             checkpoint=tune.Checkpoint.from_directory(str(local)) if last else None)
+            drop_stale()
             if len(history) < cfg.epochs:
                 train(cfg, [reporter], resume_from=local, **place)
-        drop_stale(reporter.held)   # the copy it resumed from, if no later checkpoint report dropped it
+        drop_stale()   # the copy it resumed from, if no later checkpoint report dropped it
     free_memory()
 

@@ -193,8 +193,8 @@ class TruthfulOptunaSearch(OptunaSearch):
         self._claim(trial_id)
         if trial_id in self._completed_trials:  # the study had closed it: it came back after a kill, and its
             # replay may have copied a checkpoint again
-            if self.experiment and (t := self._told(trial_id)) and t.state == TrialState.PRUNED:
-                Experiment(self.experiment).delete_checkpoints(trial_id)
+            if t := self._told(trial_id):
+                self._tidy(trial_id, t.state)
             return
         self._untold[trial_id] = (result, error)
         self._live.discard(trial_id)
@@ -213,8 +213,13 @@ class TruthfulOptunaSearch(OptunaSearch):
                       f"({type(e).__name__}); retrying", file=sys.stderr, flush=True)
                 continue
             del self._untold[trial_id]
-            if state == TrialState.PRUNED and self.experiment:  # once the study knows: a resumed search
-                Experiment(self.experiment).delete_checkpoints(trial_id)  # stops it again, not resumes it
+            self._tidy(trial_id, state)   # once the study knows: a resumed search stops it again, not resumes it
+
+    def _tidy(self, trial_id: str, state: TrialState | None) -> None:
+        """An ended trial's checkpoints: none for one stopped early, the newest for one completed (its last
+        report's; the trainable, stopped in that report, could not drop the one before)."""
+        if self.experiment and state in (TrialState.PRUNED, TrialState.COMPLETE):
+            Experiment(self.experiment).delete_checkpoints(trial_id, keep_newest=state == TrialState.COMPLETE)
 
     def _close(self, trial_id, result, error) -> TrialState | None:
         """Tell the study how a trial ended; returns the state told (None: the study had closed it)."""

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # Read when Tune's controller starts: snapshot the experiment every 2 s, which bounds what a killed driver
-# loses; the classic output flow, the one that takes a progress reporter (tune/progress.py); stay quiet about the snapshot num_to_keep=1 forces after each
-# checkpoint (trials checkpoint rarely: at 16 at once snapshots kept the 2 s rate, benchmarks/driver_loop.py).
+# loses; the classic output flow, the one that takes a progress reporter (tune/progress.py); of the
+# checkpoints Ray lists per trial (it deletes none: the trainable does), keep only the newest one's metrics.
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
 os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # the loggers are ours to choose: TrialBoard for TBX
 # Ray caps the trials waiting to start at a custom searcher's concurrency limit as it was at launch, which
 # would hold a cluster's WideningLimiter to the nodes there then; the limiter alone bounds live trials
@@ -249,10 +249,10 @@ class TrialBoard(LoggerCallback):
 class RestartedTrials(Callback):
     """Mends what Ray gets wrong about a trial that starts again after a kill. Listed before Ray's loggers,
     which open the trial's files at the same call.
-    - Its checkpoint: Ray restores it from the checkpoint its last snapshot names, and deletes that one once
-      the next is in, failing the trial if it is gone by then. After a kill it can be: Ray keeps one, and may
-      have copied the next and deleted it after its last snapshot. The trial then starts without it (Ray has
-      no setting for this), and tune_trainable takes the newest whole checkpoint in its folder.
+    - Its checkpoint: Ray restores it from the checkpoint its last snapshot names. After a kill that one can
+      be gone: the trainable keeps only its newest, and may have reported the next and deleted it after the
+      last snapshot. The trial then starts without it (Ray has no setting for this), and tune_trainable
+      takes the newest whole checkpoint in its folder.
     - Its logs: Ray's loggers append to result.json and progress.csv in the driver's staging folder, which Ray
       copies over the storage's; a new driver's staging folder can lack them (Ray brings down only the .json
       and .pkl files at the experiment folder's top),
@@ -263,8 +263,10 @@ class RestartedTrials(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         named, fs = trial.latest_checkpoint_result, trial.storage.storage_filesystem
         told = checkpoint_state(fs, named.checkpoint.path) if named else None
+        kept = trial.run_metadata.checkpoint_manager
+        if kept.checkpoint_config.num_to_keep:   # a search started when Ray deleted checkpoints itself
+            kept._checkpoint_config = tune.CheckpointConfig()   # (it fails a trial over one already gone)
         if named and fs.get_file_info(named.checkpoint.path).type == pafs.FileType.NotFound:
-            kept = trial.run_metadata.checkpoint_manager
             trial.run_metadata.checkpoint_manager = _CheckpointManager(kept.checkpoint_config)
         local = Path(trial.local_path)
         for name in (RESULT_FILE, PROGRESS_FILE):
@@ -326,9 +328,11 @@ def build_tuner(s: Settings, res: dict, warm=None) -> tune.Tuner:
                                     reuse_actors=not res["gpu"], trial_dirname_creator=trial_dirname),
         run_config=tune.RunConfig(
             name=s.name, storage_path=s.storage or s.root, progress_reporter=progress(s), verbose=1,
-            # the newest checkpoint is all a resume needs; while Ray copies the next one the last stays,
-            # and a checkpoint cut short by a kill is known by its sizes (tune.trials.checkpoint_state)
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            # no num_to_keep: with it Ray deletes old checkpoints from the driver's thread and, after each
+            # checkpoint, blocks the driver until the whole driver folder is uploaded again (ray#31613; on
+            # S3 at 16 at once results waited up to 5 s, benchmarks/driver_loop.py); the trainable keeps
+            # the newest whole one itself (trainables/tune_report.drop_stale)
+            checkpoint_config=tune.CheckpointConfig(),
             failure_config=tune.FailureConfig(max_failures=s.retries),
             callbacks=[RestartedTrials(), JsonLoggerCallback(), CSVLoggerCallback(),
                        TrialBoard(s.max_epochs, str(s.experiment) if s.time_budget_s else None)],

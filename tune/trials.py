@@ -198,16 +198,20 @@ def checkpoint_state(fs: pafs.FileSystem, path: str) -> dict | None:
     return state if files and all(sizes.get(f) == n for f, n in files.items()) else None
 
 
-def delete_checkpoints(fs: pafs.FileSystem, trial_path: str) -> int:
+def delete_checkpoints(fs: pafs.FileSystem, trial_path: str, keep_newest: bool = False) -> int:
     """Delete a trial's checkpoint folders (one stopped early: neither the export nor the final run reads
-    them); returns the bytes freed."""
-    freed = 0
-    for path in checkpoints(fs, trial_path):
+    them), or all but its newest whole one (a trial's own, while it runs and once it completed: a resume
+    replays it from that; a lone one is kept, whole or not); returns the bytes freed."""
+    freed, found = 0, checkpoints(fs, trial_path)
+    if keep_newest:
+        whole = [(st["epoch"], c) for c in found if (st := checkpoint_state(fs, c))] if len(found) > 1 else []
+        found = [c for c in found if whole and c != max(whole)[1]]
+    for path in found:
         try:
             freed += sum(i.size for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
                          if i.type == pafs.FileType.File)
             fs.delete_dir(path)
-        except FileNotFoundError:  # Ray deleted it meanwhile (it keeps one per trial)
+        except FileNotFoundError:  # deleted meanwhile: by the trial itself, or at its end by the driver
             pass
     return freed
 
@@ -368,8 +372,8 @@ class Experiment:
                 out.write(text.encode())
         return text is not None
 
-    def delete_checkpoints(self, trial_id: str) -> int:
-        return delete_checkpoints(self.fs, f"{self.path}/{trial_id}")
+    def delete_checkpoints(self, trial_id: str, keep_newest: bool = False) -> int:
+        return delete_checkpoints(self.fs, f"{self.path}/{trial_id}", keep_newest)
 
     def metric_history(self, metric: str) -> dict:
         """{trial_id: [(epoch, value), ...]} of every trial that reported `metric`."""
