@@ -9,8 +9,9 @@
         params.json        the config Ray gave the trial
         result.json        one JSON line per reported epoch (Ray's logger); progress.csv the same as CSV
         error.txt          the traceback of a trial that raised
-        checkpoint_NNNNNN/ the newest checkpoint Ray keeps while the trial runs (trainables/train.py writes
-                           it); a completed trial keeps its last weights, a stopped one none
+        checkpoint_NNNNNN/ the trial's newest checkpoint while it runs (trainables/train.py writes it, and
+                           tune_report.py drops the one before); a completed trial keeps its last weights,
+                           a stopped one none
       best_config.json, leaderboard.csv, report.md, report.html, report/   what tune/export.py writes
 
 A search with `--storage` (a folder every node of a cluster mounts, or a URI pyarrow takes, such as
