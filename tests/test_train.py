@@ -1,5 +1,6 @@
 """Real fastai training on a tiny generated dataset: every technique on and off, the schedule, resume."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,6 +129,25 @@ def test_a_checkpoint_is_trusted_only_whole_and_the_last_one_holds_no_optimizer(
     assert [checkpoint_state(fs, c) is not None for c in found] == [True, False, False]
     (tmp_path / "checkpoint_000001" / "state.json").write_text('{"epoch": 1, "hist')
     assert checkpoint_state(fs, found[0]) is None
+
+
+def test_old_checkpoints_go_and_the_newest_whole_one_stays(tiny_cfg, tmp_path):
+    from tune.trials import checkpoints, delete_checkpoints, filesystem
+
+    class SaveAll(Reporter):
+        def epoch(self, metrics, save):
+            d = tmp_path / f"checkpoint_{metrics['epoch']:06d}"
+            d.mkdir()
+            save(d)
+
+    train(tiny_cfg.replace(epochs=3), [SaveAll()])
+    model = tmp_path / "checkpoint_000003" / "model.pth"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])   # a copy cut short by a kill
+    fs, root = filesystem(tmp_path)
+    assert delete_checkpoints(fs, root, keep_newest=True) > 0
+    assert [Path(c).name for c in checkpoints(fs, root)] == ["checkpoint_000002"]
+    assert delete_checkpoints(fs, root, keep_newest=True) == 0 and len(checkpoints(fs, root)) == 1  # a lone one
+    assert delete_checkpoints(fs, root) > 0 and checkpoints(fs, root) == []
 
 
 @PIPELINES

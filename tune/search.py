@@ -16,6 +16,9 @@ from pathlib import Path
 os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "2")
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 os.environ.setdefault("TUNE_ONLY_STORE_CHECKPOINT_SCORE_ATTRIBUTE", "1")
+# a search started with num_to_keep (before 2026-12-06) still forces a snapshot after each checkpoint when
+# resumed (Ray restores its config): Ray's warning about that says nothing a user can act on
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"   # the loggers are ours to choose: TrialBoard for TBX
 # Ray caps the trials waiting to start at a custom searcher's concurrency limit as it was at launch, which
 # would hold a cluster's WideningLimiter to the nodes there then; the limiter alone bounds live trials
@@ -264,8 +267,9 @@ class RestartedTrials(Callback):
         named, fs = trial.latest_checkpoint_result, trial.storage.storage_filesystem
         told = checkpoint_state(fs, named.checkpoint.path) if named else None
         kept = trial.run_metadata.checkpoint_manager
-        if kept.checkpoint_config.num_to_keep:   # a search started when Ray deleted checkpoints itself
-            kept._checkpoint_config = tune.CheckpointConfig()   # (it fails a trial over one already gone)
+        if kept.checkpoint_config.num_to_keep:   # a search started when Ray deleted checkpoints itself: on
+            # one the trial already deleted it raises, and the trial's checkpoint numbering stops advancing
+            kept._checkpoint_config = tune.CheckpointConfig()
         if named and fs.get_file_info(named.checkpoint.path).type == pafs.FileType.NotFound:
             trial.run_metadata.checkpoint_manager = _CheckpointManager(kept.checkpoint_config)
         local = Path(trial.local_path)

@@ -28,8 +28,10 @@ result.json was cut short by a kill.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,17 +205,19 @@ def delete_checkpoints(fs: pafs.FileSystem, trial_path: str, keep_newest: bool =
     """Delete a trial's checkpoint folders (one stopped early: neither the export nor the final run reads
     them), or all but its newest whole one (a trial's own, while it runs and once it completed: a resume
     replays it from that; a lone one is kept, whole or not); returns the bytes freed."""
-    freed, found = 0, checkpoints(fs, trial_path)
-    if keep_newest:
-        whole = [(st["epoch"], c) for c in found if (st := checkpoint_state(fs, c))] if len(found) > 1 else []
-        found = [c for c in found if whole and c != max(whole)[1]]
-    for path in found:
-        try:
-            freed += sum(i.size for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-                         if i.type == pafs.FileType.File)
-            fs.delete_dir(path)
-        except FileNotFoundError:  # deleted meanwhile: by the trial itself, or at its end by the driver
-            pass
+    freed = 0
+    try:   # a tidy-up: a store's error leaves the folders (a running trial's next checkpoint tries again)
+        found = checkpoints(fs, trial_path)
+        if keep_newest:
+            whole = [(st["epoch"], c) for c in found if (st := checkpoint_state(fs, c))] if len(found) > 1 else []
+            found = [c for c in found if whole and c != max(whole)[1]]
+        for path in found:
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile: by the trial, or by the driver
+                freed += sum(i.size for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+                             if i.type == pafs.FileType.File)
+                fs.delete_dir(path)
+    except OSError as e:
+        print(f"warning: old checkpoints of {trial_path} are kept: {e}", file=sys.stderr, flush=True)
     return freed
 
 
