@@ -108,16 +108,22 @@ def test_resume_from_a_checkpoint_ends_where_an_uninterrupted_run_ends(tiny_cfg,
     assert res.accuracy_tta == full.metrics[-1]["accuracy_tta"]
 
 
+class SaveAll(Reporter):
+    """A checkpoint of every epoch, each in a folder of its own as Ray names them."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def epoch(self, metrics, save):
+        d = self.folder / f"checkpoint_{metrics['epoch']:06d}"
+        d.mkdir()
+        save(d)
+
+
 def test_a_checkpoint_is_trusted_only_whole_and_the_last_one_holds_no_optimizer(tiny_cfg, tmp_path):
     from tune.trials import checkpoint_state, checkpoints, filesystem
 
-    class SaveAll(Reporter):
-        def epoch(self, metrics, save):
-            d = tmp_path / f"checkpoint_{metrics['epoch']:06d}"
-            d.mkdir()
-            save(d)
-
-    train(tiny_cfg.replace(epochs=3), [SaveAll()])
+    train(tiny_cfg.replace(epochs=3), [SaveAll(tmp_path)])
     fs, root = filesystem(tmp_path)
     found = checkpoints(fs, root)
     assert [checkpoint_state(fs, c)["epoch"] for c in found] == [1, 2, 3]
@@ -134,13 +140,7 @@ def test_a_checkpoint_is_trusted_only_whole_and_the_last_one_holds_no_optimizer(
 def test_old_checkpoints_go_and_the_newest_whole_one_stays(tiny_cfg, tmp_path):
     from tune.trials import checkpoints, delete_checkpoints, filesystem
 
-    class SaveAll(Reporter):
-        def epoch(self, metrics, save):
-            d = tmp_path / f"checkpoint_{metrics['epoch']:06d}"
-            d.mkdir()
-            save(d)
-
-    train(tiny_cfg.replace(epochs=3), [SaveAll()])
+    train(tiny_cfg.replace(epochs=3), [SaveAll(tmp_path)])
     model = tmp_path / "checkpoint_000003" / "model.pth"
     model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])   # a copy cut short by a kill
     fs, root = filesystem(tmp_path)
