@@ -365,6 +365,7 @@ def test_a_checkpoint_cut_short_by_a_kill_is_passed_over_and_the_older_one_resum
     take the checkpoint before it, also where Ray's snapshot names one deleted since (the trial keeps one:
     after Ray's last snapshot it may have reported the next one), and the study, Ray's folders and the export
     must agree afterwards. Trials of 16 short epochs, so that a snapshot (every 2 s) falls mid-way."""
+    from tune.trials import checkpoint_state, filesystem
     epochs = 16
     args = ["--space", "smoke", "--samples", "2", "--max-epochs", str(epochs), "--concurrent", "1", "--name", "cut",
             "--results", str(tmp_path), *FAST]
@@ -376,9 +377,10 @@ def test_a_checkpoint_cut_short_by_a_kill_is_passed_over_and_the_older_one_resum
         deadline = time.time() + 300
         while time.time() < deadline and p.poll() is None and named is None:
             time.sleep(0.1)
-            with contextlib.suppress(ValueError, OSError):   # a file read while it is written
-                for ck in named_checkpoints(exp).values():
-                    if json.loads((ck / "state.json").read_text())["epoch"] < epochs:
+            with contextlib.suppress(ValueError, OSError, IndexError):   # a file read while it is written
+                for ck in named_checkpoints(exp).values():   # the trial may have deleted it since: its newest
+                    newest = sorted(ck.parent.glob("checkpoint_*"))[-1]
+                    if json.loads((newest / "state.json").read_text())["epoch"] < epochs:
                         os.killpg(p.pid, signal.SIGKILL)
                         named = ck
                         break
@@ -388,7 +390,8 @@ def test_a_checkpoint_cut_short_by_a_kill_is_passed_over_and_the_older_one_resum
         p.wait()
     assert named is not None, "a trial should be mid-way when killed"
     trial = named.parent
-    newest = sorted(trial.glob("checkpoint_*"))[-1]
+    fs, _ = filesystem(trial)   # the newest whole one: the kill may have cut a copy short
+    newest = max((c for c in trial.glob("checkpoint_*") if checkpoint_state(fs, str(c))), key=lambda c: c.name)
     state = json.loads((newest / "state.json").read_text())
     index = int(newest.name.split("_")[1])
     newest = newest.rename(newest.with_name(f"checkpoint_{index + 1:06d}"))
