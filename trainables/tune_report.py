@@ -109,9 +109,8 @@ def tune_trainable(config: dict) -> None:
                 last = i == len(replay) - 1
                 tune.report({**metrics, **reporter.placement},
                             checkpoint=tune.Checkpoint.from_directory(str(local)) if last else None)
-            drop_stale()
+            drop_stale()   # the copies left beside the one it resumes from
             if len(history) < cfg.epochs:
                 train(cfg, [reporter], resume_from=local, **place)
-        drop_stale()   # the copy it resumed from, if no later checkpoint report dropped it
     free_memory()
 
