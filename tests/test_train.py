@@ -150,6 +150,46 @@ def test_old_checkpoints_go_and_the_newest_whole_one_stays(tiny_cfg, tmp_path):
     assert delete_checkpoints(fs, root) > 0 and checkpoints(fs, root) == []
 
 
+def test_a_restarted_trial_writes_no_checkpoint_into_a_folder_it_already_has(tiny_cfg, tmp_path):
+    """After a kill, Ray numbers a trial's next checkpoint from its last snapshot, which can predate the
+    trial's newest checkpoint folder. Here a new trial finds a whole checkpoint of epoch 1 in its folder, named
+    as Ray names its first one: its replay of that epoch and its later checkpoints must each take a folder
+    of their own (a copy into the existing one, cut short by a kill, would spoil the only whole one). Real
+    Ray Tune, one trial in this process."""
+    import json
+    import shutil
+
+    import ray
+    from ray import tune
+
+    from trainables.tune_report import tune_trainable
+    from tune.trials import checkpoint_state, checkpoints, filesystem
+
+    cfg = tiny_cfg.replace(epochs=3)
+    (kept := tmp_path / "kept").mkdir()
+    train(cfg.replace(epochs=1), [SaveAll(kept)])   # epoch 1 of this config: the newer folder
+    first = kept / "checkpoint_000001"
+
+    def restarted(config):
+        trial = Path(tune.get_context().get_storage().trial_fs_path)
+        shutil.copytree(first, trial / "checkpoint_000000")   # Ray's first number, as its snapshot would give
+        tune_trainable(config)
+
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        result = tune.Tuner(restarted, param_space=cfg.to_dict(),
+                            run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="t")).fit()[0]
+    finally:
+        ray.shutdown()
+    assert result.error is None, result.error
+    rows = [json.loads(line) for line in (Path(result.path) / "result.json").read_text().splitlines()]
+    named = [r["checkpoint_dir_name"] for r in rows if r.get("checkpoint_dir_name")]
+    assert [r["epoch"] for r in rows] == [1, 2, 3] and named[0] != "checkpoint_000000", named
+    assert len(set(named)) == len(named), named
+    fs, root = filesystem(Path(result.path))
+    assert [(Path(c).name, checkpoint_state(fs, c)["epoch"]) for c in checkpoints(fs, root)] == [(named[-1], 3)]
+
+
 @PIPELINES
 def test_same_seed_same_metrics_and_another_seed_differs(tiny_cfg, pipeline):
     tiny_cfg = tiny_cfg.replace(pipeline=pipeline)

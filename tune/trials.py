@@ -187,6 +187,12 @@ def checkpoints(fs: pafs.FileSystem, trial_path: str) -> list[str]:
     return [f"{trial_path}/{c}" for c in folders(fs, trial_path, CHECKPOINT_PREFIX)]
 
 
+def last_checkpoint_index(fs: pafs.FileSystem, trial_path: str) -> int:
+    """The number of a trial's highest-numbered checkpoint folder (Ray's checkpoint_NNNNNN), -1 if none."""
+    numbers = (c.removeprefix(CHECKPOINT_PREFIX) for c in folders(fs, trial_path, CHECKPOINT_PREFIX))
+    return max((int(n) for n in numbers if n.isdigit()), default=-1)
+
+
 def checkpoint_state(fs: pafs.FileSystem, path: str) -> dict | None:
     """A checkpoint's state (epoch, history, the size of each file) if it can be resumed from: every file
     it lists is there at its size. Ray copies a checkpoint's files in parallel, so a kill can leave a whole
