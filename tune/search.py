@@ -193,20 +193,20 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
         if sum(t.state == TrialState.COMPLETE for t in trials) >= self._n_startup_trials:
             return trials
         for rung in reversed(self._rungs):
-            if sum(rung in t.intermediate_values for t in trials) >= self._n_startup_trials:
+            if sum(_value_at(t, rung) is not None for t in trials) >= self._n_startup_trials:
                 return [self._at(t, rung) for t in trials]
         return trials
 
     @staticmethod
     def _at(trial, rung: int):
-        if rung not in trial.intermediate_values:
+        if (value := _value_at(trial, rung)) is None:
             return trial
         seen = copy.copy(trial)   # the study's own trial is left as it is
-        seen.state, seen.value = TrialState.COMPLETE, trial.intermediate_values[rung]
+        seen.state, seen.value = TrialState.COMPLETE, value
         return seen
 
     def _sample(self, study, trial, search_space) -> dict:
-        # Optuna's TPESampler._sample (5.0) with the trials as _as_seen ranks them
+        # Optuna's TPESampler._sample (5.1) with the trials as _as_seen ranks them
         states = (TrialState.COMPLETE, TrialState.PRUNED) + ((TrialState.RUNNING,) if self._constant_liar else ())
         trials = [t for t in study._get_trials(deepcopy=False, states=states, use_cache=not self._constant_liar)
                   if t.number != trial.number]
@@ -242,6 +242,12 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
         if self._space.keys() <= params.keys():
             return tuple(d.to_internal_repr(params[k]) for k, d in self._space.items())
         return None
+
+
+def _value_at(trial, epoch: int) -> float | None:
+    """A trial's accuracy at an epoch, None where it has none (or NaN, which TPE cannot rank as completed)."""
+    value = trial.intermediate_values.get(epoch)
+    return None if value is None or math.isnan(value) else value
 
 
 def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
