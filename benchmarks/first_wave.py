@@ -5,13 +5,11 @@ Runs the search as benchmarks/search_width.py does (TPE + ASHA, W trials at once
 its TPE start-up trials as they ended (completed, or stopped by ASHA at a rung with their per-epoch values),
 and asks the search's sampler (FixedSpaceTPE, same seed and settings) for a wave of configs at once in a
 study of those trials alone, as a wide search does when its start-up ends: as the search asks (its good
-share, tune.search.good_share, models at least 2 trials as good; until enough trials have completed it
-ranks them at ASHA's rung, FixedSpaceTPE._as_seen), without the constant liar, with Optuna's ranking
-(stopped trials below completed ones), and with Optuna's good share (a tenth, so 1 trial below 11), with
-the liar and without (each setting is the search's with that one change, so the last two rank at the rung
-too). Reports, per setting, how many of the wave's configs share each value of each categorical
-parameter. Seed 2 at 8 at once is the search_width run that ended below random + ASHA with Optuna's good
-share. About 3 minutes. Writes benchmarks/results/first_wave.json.
+share, tune.search.good_share, models at least 2 trials as good), without the constant liar, and with
+Optuna's good share (a tenth, so 1 trial below 11), with the liar and without. Reports, per setting, how
+many of the wave's configs share each value of each categorical parameter. Seed 2 at 8 at once is the
+search_width run that ended below random + ASHA with Optuna's good share. About 3 minutes. Writes
+benchmarks/results/first_wave.json.
 """
 import argparse
 import collections
@@ -25,23 +23,21 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 from search_width import search
 
-from tune.search import FixedSpaceTPE, Settings, startup_trials
+from tune.search import FixedSpaceTPE, startup_trials
 from tune.trials import Experiment
 
 TENTH = {"gamma": None}   # Optuna's own default_gamma: a tenth, so 1 trial below 11
 SETTINGS = {
     "as the search runs it (good: at least 2)": {},
     "no constant liar": {"constant_liar": False},
-    "Optuna's ranking (no rungs)": {"rungs": ()},
     "Optuna's good share (a tenth)": TENTH,
     "Optuna's good share, no constant liar": {**TENTH, "constant_liar": False},
 }
 
 
-def wave(start, seed: int, size: int, startup: int, rungs: tuple, **changes) -> list[dict]:
+def wave(start, seed: int, size: int, startup: int, **changes) -> list[dict]:
     space = start[0].distributions
-    kw = {**dict(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup, rungs=rungs),
-          **changes}
+    kw = {**dict(seed=seed, multivariate=True, constant_liar=True, n_startup_trials=startup), **changes}
     study = optuna.create_study(direction="maximize", sampler=FixedSpaceTPE(space, **kw))
     for t in start:
         study.add_trial(create_trial(params=t.params, distributions=space, state=t.state, value=t.value,
@@ -62,7 +58,6 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         exp, _ = search(args.space, args.samples, args.seed, "tpe", "asha", args.width, Path(tmp))
         trials = sorted(Experiment(exp).study().trials, key=lambda t: t.number)
-        rungs = Settings.load(exp).rungs
     start = [t for t in trials if not t.user_attrs.get("guided")][:startup]
     categorical = [k for k, d in start[0].distributions.items() if isinstance(d, CategoricalDistribution)]
     out = {"start_up": [{"state": t.state.name, "epochs": max(t.intermediate_values, default=0),
@@ -73,7 +68,7 @@ def main():
     print(f"start-up: {json.dumps(out['start_up'])}\nthe search's guided trials: {out['search_guided']}")
     out["waves"] = {}
     for name, changes in SETTINGS.items():
-        asked = wave(start, args.seed, args.wave, startup, rungs, **changes)
+        asked = wave(start, args.seed, args.wave, startup, **changes)
         out["waves"][name] = {k: dict(collections.Counter(str(a[k]) for a in asked)) for k in categorical}
         print(f"{name:>36}: {out['waves'][name]}", flush=True)
     save("first_wave", {"space": args.space, "samples": args.samples, "width": args.width, "seed": args.seed,

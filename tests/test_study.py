@@ -155,39 +155,6 @@ def test_a_wide_searchs_first_guided_wave_does_not_copy_its_one_completed_trial(
     assert (ours := sum(copies(seed) for seed in range(6))) <= 36, ours   # at most half
 
 
-def test_a_wide_search_learns_from_ashas_first_rung_before_its_trials_complete():
-    """At 16 at once most trials are still running when the next ones are asked for. Two trials ASHA let
-    past its rung at epoch 4 (the best there), one completed start-up trial, three stopped at the rung: the
-    searcher ranks all six at the rung, so a wave of 8 asked at once follows the two running ones. The
-    control, with Optuna's ranking (no rungs), models the completed trial and the best stopped one as good
-    and the two running ones as bad (its constant liar). Six waves (sampler seeds 0-5), counted together."""
-    from tune.search import FixedSpaceTPE
-    space = {"lr": FloatDistribution(2e-3, 3e-2, log=True), "mixup": FloatDistribution(0, 1),
-             "resize": CategoricalDistribution([32, 48, 64]),
-             "norm": CategoricalDistribution(["imagenet", "dataset", "none"])}
-    past = [({"lr": .01, "mixup": .3, "resize": 32, "norm": "imagenet"}, {4: .58, 8: .69}, TrialState.COMPLETE),
-            ({"lr": .005, "mixup": .1, "resize": 48, "norm": "dataset"}, {4: .66, 5: .67}, TrialState.RUNNING),
-            ({"lr": .02, "mixup": .2, "resize": 48, "norm": "dataset"}, {4: .64}, TrialState.RUNNING),
-            ({"lr": .003, "mixup": .8, "resize": 64, "norm": "none"}, {4: .45}, TrialState.PRUNED),
-            ({"lr": .025, "mixup": .6, "resize": 64, "norm": "none"}, {4: .43}, TrialState.PRUNED),
-            ({"lr": .004, "mixup": .9, "resize": 64, "norm": "none"}, {4: .40}, TrialState.PRUNED)]
-
-    def followers(seed, rungs) -> int:
-        sampler = FixedSpaceTPE(space, seed=seed, multivariate=True, constant_liar=True, n_startup_trials=4,
-                                rungs=rungs)
-        study = optuna.create_study(direction="maximize", sampler=sampler)
-        study.add_trials([create_trial(params=p, distributions=space, intermediate_values=iv, state=state,
-                                       value=iv[8] if state == TrialState.COMPLETE else None)
-                          for p, iv, state in past])
-        wave = [study.ask(space).params for _ in range(8)]   # all left RUNNING, as at width
-        assert [t.state for t in study.trials[:6]] == [state for _, _, state in past]   # the study is untouched
-        return sum((p["resize"], p["norm"]) == (48, "dataset") for p in wave)
-
-    optunas = sum(followers(seed, ()) for seed in range(6))
-    ours = sum(followers(seed, (4,)) for seed in range(6))
-    assert optunas <= 6 and ours >= 24, (optunas, ours)   # of 48: at most 1 in 8, at least half
-
-
 def test_a_warm_starts_copy_of_a_source_written_meanwhile_is_taken_again(tmp_path, monkeypatch):
     """A source search still running can write its WAL between the copies of its study and its WAL
     (tune/warm.py's copy_quiet): the copy is taken again, and a source that never stops is one line."""

@@ -4,8 +4,7 @@
   Tune asks for a config whenever a slot is free, so with 32 slots the first 32 configs are all random
   start-up configs (constant_liar acts only once a model exists; ray-project/ray#52535). TruthfulOptunaSearch
   starts exactly TPE's start-up count of random trials and holds the other slots until that many have
-  finished; every later trial is guided, and the study marks each trial `guided` or not. (The sampler,
-  tune.search.FixedSpaceTPE, also learns from trials still running once ASHA has judged them at a rung.)
+  finished; every later trial is guided, and the study marks each trial `guided` or not.
 
 - Ray tells Optuna that a trial ASHA stopped early is COMPLETE with its early value, so TPE would learn
   from 1-epoch accuracies as if they were final. TruthfulOptunaSearch tells Optuna PRUNED, with the

@@ -1,7 +1,6 @@
 """The Tuner: trainable + OptunaSearch (TPE or random) + ASHA + resources + storage under results/<name>/."""
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import math
@@ -32,8 +31,6 @@ from ray import tune  # noqa: E402
 from ray.train._internal.checkpoint_manager import _CheckpointManager  # noqa: E402
 from ray.tune import Callback  # noqa: E402
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback, LoggerCallback  # noqa: E402
-from optuna.samplers._tpe.sampler import _split_trials, default_gamma  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 
 from search_spaces import Space, parse  # noqa: E402
@@ -91,15 +88,6 @@ class Settings:
     def startup(self) -> int:
         """The sampler's random start-up trials: TPE's, none for a random sampler."""
         return startup_trials(self.samples) if self.searcher == "tpe" else 0
-
-    @property
-    def rungs(self) -> tuple:
-        """The epochs at which ASHA judges a trial before its end (Ray's milestones: grace × factor^k)."""
-        rungs, epoch = [], self.grace_period
-        while self.scheduler == "asha" and epoch < self.max_epochs:
-            rungs.append(epoch)
-            epoch *= self.reduction_factor
-        return tuple(rungs)
 
     def parsed_space(self) -> Space:
         # a search saved before spaces chose on the holdout scored its trials on val/: it resumes so
@@ -171,54 +159,13 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
     It also converts every trial's values to its internal scale twice per suggestion; a finished trial's
     are converted once here (at 1,000 trials, about a sixth of a suggestion's time)."""
 
-    _rungs: tuple = ()   # a sampler pickled before rungs were known (a resumed search) ranks as Optuna does
-
-    def __init__(self, space: dict, gamma=good_share, rungs: tuple = (), **kwargs):
-        """`rungs`: the epochs at which ASHA judges trials, before their end (see _as_seen)."""
+    def __init__(self, space: dict, gamma=good_share, **kwargs):
         with warnings.catch_warnings():
             # deprecated in Optuna 4.9, kept until 6 (pyproject: <6)
             warnings.filterwarnings("ignore", message=".*`gamma`", category=FutureWarning)
             super().__init__(gamma=gamma, **kwargs)
         self._space = {k: d for k, d in space.items() if not d.single()}
         self._internal = {}   # {trial id: its values in the space's internal scale, or None}
-        self._rungs = tuple(sorted(rungs))
-
-    def _as_seen(self, trials: list) -> list:
-        """The trials as TPE ranks them. Until n_startup_trials have completed, at the furthest of ASHA's rungs
-        that many have reached: each trial with a value there counts as completed with it, running ones
-        included (ASHA let them past it), so that a wide search learns from its first rung, not only from
-        the few trials that have completed (Optuna ranks every stopped trial below every completed one, and
-        its constant liar counts a running trial as bad). BOHB's rule (Falkner et al. 2018); Optuna has
-        none, and Ray's TuneBOHB needs its own HyperBand scheduler."""
-        if sum(t.state == TrialState.COMPLETE for t in trials) >= self._n_startup_trials:
-            return trials
-        for rung in reversed(self._rungs):
-            if sum(_value_at(t, rung) is not None for t in trials) >= self._n_startup_trials:
-                return [self._at(t, rung) for t in trials]
-        return trials
-
-    @staticmethod
-    def _at(trial, rung: int):
-        if (value := _value_at(trial, rung)) is None:
-            return trial
-        seen = copy.copy(trial)   # the study's own trial is left as it is
-        seen.state, seen.value = TrialState.COMPLETE, value
-        return seen
-
-    def _sample(self, study, trial, search_space) -> dict:
-        # Optuna's TPESampler._sample (5.1) with the trials as _as_seen ranks them
-        states = (TrialState.COMPLETE, TrialState.PRUNED) + ((TrialState.RUNNING,) if self._constant_liar else ())
-        trials = [t for t in study._get_trials(deepcopy=False, states=states, use_cache=not self._constant_liar)
-                  if t.number != trial.number]
-        trials = self._as_seen(trials)
-        n = sum(t.state != TrialState.RUNNING for t in trials)   # Optuna's gamma counts no running trial
-        below, above = _split_trials(study, trials, (self._gamma or default_gamma)(n))
-        mpe_below = self._build_parzen_estimator(study, search_space, below, handle_below=True)
-        mpe_above = self._build_parzen_estimator(study, search_space, above, handle_below=False)
-        samples = mpe_below.sample(self._rng.rng, self._n_ei_candidates)
-        best = optuna.samplers.TPESampler._compare(samples, self._compute_acquisition_func(samples, mpe_below,
-                                                                                            mpe_above))
-        return {k: d.to_external_repr(best[k]) for k, d in search_space.items()}
 
     def infer_relative_search_space(self, study, trial) -> dict:
         return dict(self._space)
@@ -244,18 +191,12 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
         return None
 
 
-def _value_at(trial, epoch: int) -> float | None:
-    """A trial's accuracy at an epoch, None where it has none (or NaN, which TPE cannot rank as completed)."""
-    value = trial.intermediate_values.get(epoch)
-    return None if value is None or math.isnan(value) else value
-
-
 def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
     if s.searcher == "tpe":
         from tune.warm import space_distributions
         # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
         sampler = FixedSpaceTPE(space_distributions(param_space(s)), seed=s.seed, multivariate=True,
-                                constant_liar=True, n_startup_trials=s.startup, rungs=s.rungs)
+                                constant_liar=True, n_startup_trials=s.startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     # the study stays on the driver's disk (SQLite's locks and WAL do not work on NFS), mirrored to --storage
