@@ -161,6 +161,7 @@ def test_a_restarted_trial_writes_no_checkpoint_into_a_folder_it_already_has(tin
 
     import ray
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from trainables.tune_report import tune_trainable
     from tune.trials import checkpoint_state, checkpoints, filesystem
@@ -178,7 +179,9 @@ def test_a_restarted_trial_writes_no_checkpoint_into_a_folder_it_already_has(tin
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         result = tune.Tuner(restarted, param_space=cfg.to_dict(),
-                            run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="t")).fit()[0]
+                            # named: importing tune.search turns Ray's automatic loggers off in this process
+                            run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), name="t",
+                                                      callbacks=[JsonLoggerCallback()])).fit()[0]
     finally:
         ray.shutdown()
     assert result.error is None, result.error
