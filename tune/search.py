@@ -194,9 +194,9 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
 def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
     if s.searcher == "tpe":
         from tune.warm import space_distributions
-        # variant under measurement: no constant liar, so running trials do not push asks away from the best
+        # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
         sampler = FixedSpaceTPE(space_distributions(param_space(s)), seed=s.seed, multivariate=True,
-                                constant_liar=False, n_startup_trials=s.startup)
+                                constant_liar=True, n_startup_trials=s.startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     # the study stays on the driver's disk (SQLite's locks and WAL do not work on NFS), mirrored to --storage
