@@ -93,11 +93,11 @@ def tune_trainable(config: dict) -> None:
     given = tune.get_checkpoint()
     storage = tune.get_context().get_storage()  # a DeveloperAPI: the trial's folder and its filesystem
     fs = storage.storage_filesystem
+    paths = checkpoints(fs, storage.trial_fs_path)
     # Ray numbers a restarted trial's next checkpoint from its snapshot, which can be older than the folder:
     # that copy would go into an existing folder, and a kill during it could spoil the newest whole one
-    storage.current_checkpoint_index = max(storage.current_checkpoint_index,
-                                           last_checkpoint_index(fs, storage.trial_fs_path))
-    found = [tune.Checkpoint(p, filesystem=fs) for p in checkpoints(fs, storage.trial_fs_path)]
+    storage.current_checkpoint_index = max(storage.current_checkpoint_index, last_checkpoint_index(paths))
+    found = [tune.Checkpoint(p, filesystem=fs) for p in paths]
     given_state = state_of(given)
     usable = [(st, c) for st, c in [(given_state, given), *((state_of(c), c) for c in found)] if st]
     if not usable:

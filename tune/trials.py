@@ -187,9 +187,9 @@ def checkpoints(fs: pafs.FileSystem, trial_path: str) -> list[str]:
     return [f"{trial_path}/{c}" for c in folders(fs, trial_path, CHECKPOINT_PREFIX)]
 
 
-def last_checkpoint_index(fs: pafs.FileSystem, trial_path: str) -> int:
-    """The number of a trial's highest-numbered checkpoint folder (Ray's checkpoint_NNNNNN), -1 if none."""
-    numbers = (c.removeprefix(CHECKPOINT_PREFIX) for c in folders(fs, trial_path, CHECKPOINT_PREFIX))
+def last_checkpoint_index(paths: list[str]) -> int:
+    """The highest number among checkpoint folders' paths (Ray's checkpoint_NNNNNN), -1 if none."""
+    numbers = (p.rsplit("/", 1)[-1].removeprefix(CHECKPOINT_PREFIX) for p in paths)
     return max((int(n) for n in numbers if n.isdigit()), default=-1)
 
 
