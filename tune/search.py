@@ -87,7 +87,7 @@ class Settings:
     @property
     def startup(self) -> int:
         """The sampler's random start-up trials: TPE's, none for a random sampler."""
-        return startup_trials(self.samples, self.concurrent) if self.searcher == "tpe" else 0
+        return startup_trials(self.samples) if self.searcher == "tpe" else 0
 
     def parsed_space(self) -> Space:
         # a search saved before spaces chose on the holdout scored its trials on val/: it resumes so
@@ -125,9 +125,9 @@ def param_space(s: Settings) -> dict:
     return {**space.fixed, "epochs": s.max_epochs, **{k: domain(d) for k, d in space.params.items()}}
 
 
-def startup_trials(samples: int, width: int | None = None) -> int:
-    """TPE's random start-up trials: a quarter of the search, 3 to 10 or the width where that is more."""
-    return min(max(10, width or 0), max(3, samples // 4))
+def startup_trials(samples: int) -> int:
+    """TPE's random start-up trials: a quarter of the search, 3 to 10, whatever the width."""
+    return min(10, max(3, samples // 4))
 
 
 def width_note(searcher: str, samples: int, width: int) -> str | None:
