@@ -194,12 +194,9 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
 def searcher(s: Settings, warm=None) -> TruthfulOptunaSearch:
     if s.searcher == "tpe":
         from tune.warm import space_distributions
-        # variant under measurement: univariate TPE, whose constant liar spreads categorical choices too
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*`gamma`", category=FutureWarning)
-            sampler = optuna.samplers.TPESampler(seed=s.seed, constant_liar=True, n_startup_trials=s.startup,
-                                                 gamma=good_share)
-        space_distributions
+        # constant_liar keeps concurrent trials apart; multivariate models the knobs' interactions
+        sampler = FixedSpaceTPE(space_distributions(param_space(s)), seed=s.seed, multivariate=True,
+                                constant_liar=True, n_startup_trials=s.startup)
     else:
         sampler = optuna.samplers.RandomSampler(seed=s.seed)
     # the study stays on the driver's disk (SQLite's locks and WAL do not work on NFS), mirrored to --storage
