@@ -126,8 +126,8 @@ def param_space(s: Settings) -> dict:
 
 
 def startup_trials(samples: int) -> int:
-    """Variant under measurement: TPE's random start-up trials, a quarter of the search, 3 to 5."""
-    return min(5, max(3, samples // 4))
+    """TPE's random start-up trials: a quarter of the search, 3 to 10, whatever the width."""
+    return min(10, max(3, samples // 4))
 
 
 def width_note(searcher: str, samples: int, width: int) -> str | None:
