@@ -1,7 +1,7 @@
 """Does the search stay guided when it is wide? TPE + ASHA, random + ASHA and random search at 2, 8, 16 at once.
 
 python benchmarks/search_width.py [--space small] [--samples 16] [--widths 2 8 16] [--seeds 0 1 2]
-                                  [--methods tpe random] [--set KEY=VALUE ...] [--name NAME]
+                                  [--methods tpe random] [--set KEY=VALUE ...] [--asha GRACE:FACTOR] [--name NAME]
 Each search is `tune/run.py` as a user runs it, with real Ray, Optuna and fastai, on a local Ray given
 W logical CPUs (RAY_OVERRIDE_RESOURCES, Ray's own switch) and one per trial, so W trials run at once on
 this machine's cores: slower per trial, but epochs are what count here. Random search (every trial to
@@ -15,7 +15,8 @@ Saves benchmarks/results/search_width.json (or NAME.json) after every search; th
 make (other seeds, widths, or methods left out with --methods) are kept from the saved file, each row with
 the date and commit of its own run, so a long run can be split into parts; a file of another space,
 number of trials or --set is refused, not written over. --set passes run.py's --set to every search (a
-quieter protocol: `--set holdout_frac=0.5` scores trials on 1,500 images rather than 600). A seed the
+quieter protocol: `--set holdout_frac=0.5` scores trials on 1,500 images rather than 600); --asha gives
+both ASHA methods another grace period and reduction factor than the space's own. A seed the
 file already has a row of takes random search's final best from it instead of running it again, so that
 all of its rows are measured against one bar (start a new NAME to redo it).
 """
@@ -37,10 +38,11 @@ from tune.trials import Experiment
 NAME = "search_width"
 
 
-def search(space, samples, seed, searcher, scheduler, width, root: Path, sets=()) -> tuple[Path, float]:
+def search(space, samples, seed, searcher, scheduler, width, root: Path, sets=(), asha=None) -> tuple[Path, float]:
     name = f"{searcher}-{scheduler}-w{width}-s{seed}"
     cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", space, "--samples", str(samples),
            *(a for kv in sets for a in ("--set", kv)),
+           *(("--grace-period", asha.split(":")[0], "--reduction-factor", asha.split(":")[1]) if asha else ()),
            "--seed", str(seed), "--searcher", searcher, "--scheduler", scheduler, "--concurrent", str(width),
            "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--results", str(root), "--name", name]
     env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": max(width, 2)})}
@@ -65,6 +67,8 @@ def main():
                    help="the searchers run with ASHA (the others' rows are kept)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="run.py's --set for every search, such as holdout_frac=0.5")
+    p.add_argument("--asha", metavar="GRACE:FACTOR",
+                   help="ASHA's grace period and reduction factor (default: the space's)")
     p.add_argument("--name", default=NAME, help="the results' name, to keep an earlier run's")
     args = p.parse_args()
     rows, saved = [], saved_rows(args)
@@ -84,7 +88,8 @@ def main():
                 print(f"seed {seed}: random search {target:.4f} after {total} epochs ({wall:.0f} s)", flush=True)
             for width in args.widths:
                 for searcher in args.methods:
-                    exp, wall = search(args.space, args.samples, seed, searcher, "asha", width, Path(tmp), args.sets)
+                    exp, wall = search(args.space, args.samples, seed, searcher, "asha", width, Path(tmp), args.sets,
+                                       args.asha)
                     curve = anytime(exp)
                     reach = epochs_to_reach(curve, target)
                     rows.append({"seed": seed, "width": width, "method": f"{searcher} + ASHA",
@@ -107,9 +112,10 @@ def saved_rows(args) -> list:
         return []
     old = json.loads(f.read_text())
     # another protocol's rows would be written over
-    if (old["space"], old["samples"], old.get("set", [])) != (args.space, args.samples, args.sets):
-        sys.exit(f"{f} holds a search of `{old['space']}` with {old['samples']} trials and --set {old.get('set', [])}: "
-                 "give this one another --name")
+    if (old["space"], old["samples"], old.get("set", []), old.get("asha")) != (args.space, args.samples, args.sets,
+                                                                              args.asha):
+        sys.exit(f"{f} holds a search of `{old['space']}` with {old['samples']} trials, --set {old.get('set', [])} "
+                 f"and --asha {old.get('asha')}: give this one another --name")
     return [{**r, "run": r.get("run") or {"date": old["date"], "git_commit": old["git_commit"]}}
             for r in old["per_seed"]]
 
@@ -135,7 +141,7 @@ def payload(args, rows, wall) -> dict:
                 "mean_final_best": statistics.mean(r["final_best"] for r in mine if r["final_best"] is not None),
                 "guided_trials": [r["guided_trials"] for r in mine],
                 "mean_wall_s": statistics.mean(r["wall_s"] for r in mine)}
-    return {"space": args.space, "samples": args.samples, "set": args.sets, "widths": widths,
+    return {"space": args.space, "samples": args.samples, "set": args.sets, "asha": args.asha, "widths": widths,
             "seeds": sorted({r["seed"] for r in rows}), "summary": summary, "per_seed": rows,
             "benchmark_wall_s": wall, "benchmark_wall_s_covers": "the seeds of this run only",
             "targets": "at 16 at once TPE + ASHA reaches random search's final best within half of its epochs; "
