@@ -170,18 +170,6 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
     def infer_relative_search_space(self, study, trial) -> dict:
         return dict(self._space)
 
-    def _random_slot(self, trial) -> bool:
-        # BOHB's random fraction (Falkner et al. 2018): every third trial after the start-up is drawn at random
-        return trial.number >= self._n_startup_trials and (trial.number - self._n_startup_trials) % 3 == 2
-
-    def sample_relative(self, study, trial, search_space):
-        return {} if self._random_slot(trial) else super().sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        if self._random_slot(trial):
-            return self._random_sampler.sample_independent(study, trial, param_name, param_distribution)
-        return super().sample_independent(study, trial, param_name, param_distribution)
-
     def _get_internal_repr(self, trials, search_space, study):
         if search_space != self._space:   # one parameter sampled on its own
             return super()._get_internal_repr(trials, search_space, study)
