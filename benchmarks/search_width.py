@@ -18,7 +18,8 @@ number of trials or --set is refused, not written over. --set passes run.py's --
 quieter protocol: `--set holdout_frac=0.5` scores trials on 1,500 images rather than 600); --asha gives
 both ASHA methods another grace period and reduction factor than the space's own. A seed the
 file already has a row of takes random search's final best from it instead of running it again, so that
-all of its rows are measured against one bar (start a new NAME to redo it).
+all of its rows are measured against one bar (start a new NAME to redo it); only on the machine that
+measured it (each row names its machine), as CPU models round differently.
 """
 import argparse
 import json
@@ -73,8 +74,9 @@ def main():
     args = p.parse_args()
     rows, saved = [], saved_rows(args)
     t_all = time.perf_counter()
-    from trainables.provenance import git_commit
-    run = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
+    from trainables.provenance import git_commit, machine
+    run = {"date": time.strftime("%Y-%m-%d"), "git_commit": git_commit(), "machine": machine()}
+    other_cpu(saved, args.seeds, run["machine"], args.name)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
             # the seed's saved rows were measured against its random search: reuse that bar
@@ -99,6 +101,17 @@ def main():
                                  "guided_trials": guided(exp), "wall_s": wall, "run": run})
                     print(json.dumps(rows[-1]), flush=True)
                     save(args.name, payload(args, merged(saved, rows), time.perf_counter() - t_all))
+
+
+def other_cpu(saved: list, seeds: list, here: str, name: str) -> None:
+    """Refuses to measure against a bar from another machine: a CPU run is repeatable on one CPU model, but
+    its floating point differs between models, so a seed's random search can end elsewhere."""
+    for seed in seeds:
+        bar = next((r["run"].get("machine") for r in saved if r["seed"] == seed), here)
+        if bar != here:
+            sys.exit(f"seed {seed}'s random search in {name}.json ran on {bar or 'a machine it does not name'}, "
+                     f"this is {here}: its best can differ here (CPU models round differently), so measure "
+                     "against a bar of this machine: give another --name")
 
 
 def key(row) -> tuple:
