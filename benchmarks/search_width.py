@@ -14,7 +14,7 @@ reaches random search's final best within half of its epochs, and it never ends 
 Saves benchmarks/results/search_width.json (or NAME.json) after every search; the rows this run does not
 make (other seeds, widths, or methods left out with --methods) are kept from the saved file, each row with
 the date and commit of its own run, so a long run can be split into parts; a file of another space,
-number of trials or --set is refused, not written over. --set passes run.py's --set to every search (a
+number of trials, --set or --asha is refused, not written over. --set passes run.py's --set to every search (a
 quieter protocol: `--set holdout_frac=0.5` scores trials on 1,500 images rather than 600); --asha gives
 both ASHA methods another grace period and reduction factor than the space's own. A seed the
 file already has a row of takes random search's final best from it instead of running it again, so that
@@ -68,7 +68,7 @@ def main():
                    help="the searchers run with ASHA (the others' rows are kept)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", dest="sets",
                    help="run.py's --set for every search, such as holdout_frac=0.5")
-    p.add_argument("--asha", metavar="GRACE:FACTOR",
+    p.add_argument("--asha", metavar="GRACE:FACTOR", type=grace_factor,
                    help="ASHA's grace period and reduction factor (default: the space's)")
     p.add_argument("--name", default=NAME, help="the results' name, to keep an earlier run's")
     args = p.parse_args()
@@ -101,6 +101,15 @@ def main():
                                  "guided_trials": guided(exp), "wall_s": wall, "run": run})
                     print(json.dumps(rows[-1]), flush=True)
                     save(args.name, payload(args, merged(saved, rows), time.perf_counter() - t_all))
+
+
+def grace_factor(text: str) -> str:
+    """`4:3`, checked before the first search (run.py would refuse a bad one only after random search ran)."""
+    g, _, f = text.partition(":")
+    if not (g.isdigit() and f.isdigit() and int(g) >= 1 and int(f) >= 2):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected GRACE:FACTOR, a grace period of at least 1 and a "
+                                         "reduction factor of at least 2, such as 4:3")
+    return f"{int(g)}:{int(f)}"
 
 
 def other_cpu(saved: list, seeds: list, here: str, name: str) -> None:
