@@ -38,6 +38,21 @@ def run_search(space, samples, seed, searcher, scheduler, root: Path, extra, tag
     return root / name
 
 
+def grace_factor(text: str) -> str:
+    """--asha's `4:3`, checked before the first search (run.py would refuse a bad one only after random search ran)."""
+    g, _, f = text.partition(":")
+    if not (g.isdigit() and f.isdigit() and int(g) >= 1 and int(f) >= 2):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected GRACE:FACTOR, a grace period of at least 1 and a "
+                                         "reduction factor of at least 2, such as 4:3")
+    return f"{int(g)}:{int(f)}"
+
+
+def asha_args(setting: str) -> list[str]:
+    """run.py's options for a GRACE:FACTOR setting."""
+    grace, factor = setting.split(":")
+    return ["--grace-period", grace, "--reduction-factor", factor]
+
+
 def anytime(exp: Path) -> list[tuple[int, float | None]]:
     """[(epochs consumed, best completed accuracy so far)] in wall-clock order of every epoch's end.
 
@@ -101,14 +116,13 @@ def main():
     p.add_argument("--samples", type=int, default=16)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--name", help="results file name (default: search_efficiency[-N-trials])")
-    p.add_argument("--asha", nargs="+", metavar="GRACE:FACTOR",
+    p.add_argument("--asha", nargs="+", metavar="GRACE:FACTOR", type=grace_factor,
                    help="TPE + ASHA settings to compare (default: the space's own, and 2:3)")
     args = p.parse_args()
     space = load(args.space)
     own = f"{space.search['grace_period']}:{space.search['reduction_factor']}"
     settings = args.asha or list(dict.fromkeys([own, "2:3"]))
-    methods = {f"TPE + ASHA (grace {g}, factor {f})": ["--grace-period", g, "--reduction-factor", f]
-               for g, f in (a.split(":") for a in settings)}
+    methods = {"TPE + ASHA (grace {}, factor {})".format(*a.split(":")): asha_args(a) for a in settings}
     results = {RANDOM: [], **{m: [] for m in methods}}
     rows = []
     name = args.name or "search_efficiency" + ("" if args.samples == 16 else f"-{args.samples}-trials")

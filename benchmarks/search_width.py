@@ -1,7 +1,8 @@
 """Does the search stay guided when it is wide? TPE + ASHA, random + ASHA and random search at 2, 8, 16 at once.
 
 python benchmarks/search_width.py [--space small] [--samples 16] [--widths 2 8 16] [--seeds 0 1 2]
-                                  [--methods tpe random] [--set KEY=VALUE ...] [--asha GRACE:FACTOR] [--name NAME]
+                                  [--methods tpe random] [--set KEY=VALUE ...] [--asha GRACE:FACTOR]
+                                  [--name NAME]
 Each search is `tune/run.py` as a user runs it, with real Ray, Optuna and fastai, on a local Ray given
 W logical CPUs (RAY_OVERRIDE_RESOURCES, Ray's own switch) and one per trial, so W trials run at once on
 this machine's cores: slower per trial, but epochs are what count here. Random search (every trial to
@@ -12,14 +13,14 @@ benchmarks/search_efficiency.py), their final best, and how many of TPE's trials
 the model rather than at random; the study's `guided` attribute). Targets: at 16 at once TPE + ASHA
 reaches random search's final best within half of its epochs, and it never ends below random + ASHA.
 Saves benchmarks/results/search_width.json (or NAME.json) after every search; the rows this run does not
-make (other seeds, widths, or methods left out with --methods) are kept from the saved file, each row with
-the date and commit of its own run, so a long run can be split into parts; a file of another space,
-number of trials, --set or --asha is refused, not written over. --set passes run.py's --set to every search (a
-quieter protocol: `--set holdout_frac=0.5` scores trials on 1,500 images rather than 600); --asha gives
-both ASHA methods another grace period and reduction factor than the space's own. A seed the
-file already has a row of takes random search's final best from it instead of running it again, so that
-all of its rows are measured against one bar (start a new NAME to redo it); only on the machine that
-measured it (each row names its machine), as CPU models round differently.
+make (other seeds, widths, or methods left out with --methods) are kept from the saved file, each row
+with the date, commit and machine of its own run, so a long run can be split into parts; a file of
+another space, number of trials, --set or --asha is refused, not written over. --set passes run.py's
+--set to every search (a quieter protocol: `--set holdout_frac=0.5` scores trials on 1,500 images rather
+than 600); --asha gives both ASHA methods another grace period and reduction factor than the space's own.
+A seed the file already has a row of takes random search's final best from it instead of running it
+again, so that all of its rows are measured against one bar (start a new NAME to redo it); only on the
+machine that measured it, as CPU models round differently.
 """
 import argparse
 import json
@@ -32,7 +33,7 @@ import time
 from pathlib import Path
 
 from common import RESULTS, ROOT, save
-from search_efficiency import anytime, epochs_to_reach
+from search_efficiency import anytime, asha_args, epochs_to_reach, grace_factor
 
 from tune.trials import Experiment
 
@@ -43,7 +44,7 @@ def search(space, samples, seed, searcher, scheduler, width, root: Path, sets=()
     name = f"{searcher}-{scheduler}-w{width}-s{seed}"
     cmd = [sys.executable, str(ROOT / "tune" / "run.py"), "--space", space, "--samples", str(samples),
            *(a for kv in sets for a in ("--set", kv)),
-           *(("--grace-period", asha.split(":")[0], "--reduction-factor", asha.split(":")[1]) if asha else ()),
+           *(asha_args(asha) if asha else ()),
            "--seed", str(seed), "--searcher", searcher, "--scheduler", scheduler, "--concurrent", str(width),
            "--cpus-per-trial", "1", "--gpus-per-trial", "0", "--results", str(root), "--name", name]
     env = {**os.environ, "RAY_OVERRIDE_RESOURCES": json.dumps({"CPU": max(width, 2)})}
@@ -101,15 +102,6 @@ def main():
                                  "guided_trials": guided(exp), "wall_s": wall, "run": run})
                     print(json.dumps(rows[-1]), flush=True)
                     save(args.name, payload(args, merged(saved, rows), time.perf_counter() - t_all))
-
-
-def grace_factor(text: str) -> str:
-    """`4:3`, checked before the first search (run.py would refuse a bad one only after random search ran)."""
-    g, _, f = text.partition(":")
-    if not (g.isdigit() and f.isdigit() and int(g) >= 1 and int(f) >= 2):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected GRACE:FACTOR, a grace period of at least 1 and a "
-                                         "reduction factor of at least 2, such as 4:3")
-    return f"{int(g)}:{int(f)}"
 
 
 def other_cpu(saved: list, seeds: list, here: str, name: str) -> None:
