@@ -1,6 +1,7 @@
 """The searcher's study storage (tune/study.py): its trials in memory are the file's, write for write; and its
-sampler (tune/search.py's FixedSpaceTPE) suggests what Optuna's own TPE does with the same settings, and
-keeps a wide search's first guided wave from copying one trial."""
+sampler (tune/search.py's FixedSpaceTPE) spreads its start-up over every knob's range, suggests what
+Optuna's own TPE does with the same settings after it, and keeps a wide search's first guided wave from
+copying one trial."""
 import pickle
 
 import optuna
@@ -96,9 +97,9 @@ def test_a_write_that_fails_after_the_file_took_it_leaves_memory_to_be_read_agai
 
 @pytest.mark.filterwarnings("ignore:.*gamma:FutureWarning")   # Optuna's TPE given the same good share
 def test_the_searchers_tpe_suggests_what_optunas_own_tpe_suggests():
-    """FixedSpaceTPE (tune/search.py) takes the space as given and converts a finished trial's values
-    once: both only save time, so with the same seed and trials it must suggest exactly what Optuna's
-    TPE does, past trials, pruned ones and running ones (the constant liar) included."""
+    """After its start-up, FixedSpaceTPE (tune/search.py) takes the space as given and converts a finished
+    trial's values once: both only save time, so with the same seed and trials it must suggest exactly what
+    Optuna's TPE does, past trials, pruned ones and running ones (the constant liar) included."""
     import random
 
     from tune.search import FixedSpaceTPE, good_share
@@ -187,3 +188,27 @@ def test_a_warm_starts_copy_of_a_source_written_meanwhile_is_taken_again(tmp_pat
     checkpoints = 3
     with pytest.raises(UsageError, match="results/old: its study changed while each of 3 copies"):
         warm.copy_quiet([db, wal], dst, "results/old", tries=3)
+
+
+def test_tpes_start_up_configs_spread_over_every_knobs_range():
+    """TPE's start-up trials come from a scrambled Sobol sequence: its first 8 points put one value in each
+    eighth of every continuous knob's range (8 random draws do so with probability 8!/8**8, 0.2%, per knob)
+    and each categorical choice at least twice. Running start-up trials draw the next points (a wide search
+    asks its start-up at once), and the trial after the start-up is TPE's own."""
+    import math
+
+    from tune.search import FixedSpaceTPE
+    space = {"lr": FloatDistribution(2e-3, 3e-2, log=True), "mixup": FloatDistribution(0, 1),
+             "eps": FloatDistribution(0, 0.3), "norm": CategoricalDistribution(["imagenet", "dataset", "none"])}
+    for seed in range(3):
+        sampler = FixedSpaceTPE(space, seed=seed, multivariate=True, constant_liar=True, n_startup_trials=8)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        start = [study.ask(space) for _ in range(8)]   # all running at once
+        for t in start:
+            study.tell(t, t.params["mixup"])
+        for name, to01 in [("lr", lambda v: math.log(v / 2e-3) / math.log(15)), ("mixup", lambda v: v),
+                           ("eps", lambda v: v / 0.3)]:
+            assert sorted(int(8 * to01(t.params[name])) for t in start) == list(range(8)), (seed, name)
+        assert all([t.params["norm"] for t in start].count(c) >= 2 for c in space["norm"].choices), seed
+        # guided: TPE models the 8 finished trials (best: the largest mixup) and asks near the best
+        assert study.ask(space).params["mixup"] > 0.5, seed

@@ -1,9 +1,9 @@
 """Three things Ray Tune does not do for ASHA + Optuna, written here because no library option covers them.
 
 - At width TPE would be random search: Optuna's TPE models only finished trials (COMPLETE, PRUNED), and
-  Tune asks for a config whenever a slot is free, so with 32 slots the first 32 configs are all random
+  Tune asks for a config whenever a slot is free, so with 32 slots the first 32 configs are all unguided
   start-up configs (constant_liar acts only once a model exists; ray-project/ray#52535). TruthfulOptunaSearch
-  starts exactly TPE's start-up count of random trials and holds the other slots until that many have
+  starts exactly TPE's start-up count of unguided trials and holds the other slots until that many have
   finished; every later trial is guided, and the study marks each trial `guided` or not.
 
 - Ray tells Optuna that a trial ASHA stopped early is COMPLETE with its early value, so TPE would learn
@@ -72,7 +72,7 @@ class WideningLimiter(ConcurrencyLimiter):
 class TruthfulOptunaSearch(OptunaSearch):
     def __init__(self, *args, max_epochs: int, startup: int = 0, experiment: str = "",
                  mirror: bool = False, budget: str | None = None, warm=None, **kwargs):
-        """`startup`: the sampler's random start-up trials (TPE's n_startup_trials), 0 for a random sampler;
+        """`startup`: the sampler's unguided start-up trials (TPE's n_startup_trials), 0 for a random sampler;
         `experiment`: the trials' folder or URI, where the checkpoints of trials stopped early are deleted;
         `mirror`: copy the study into each of Ray's snapshots, which Ray uploads to the URI;
         `budget`: the driver's folder of a search with a time budget: once it is spent, no trial starts;
