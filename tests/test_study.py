@@ -194,7 +194,8 @@ def test_tpes_start_up_configs_spread_over_every_knobs_range():
     """TPE's start-up trials come from a scrambled Sobol sequence: its first 8 points put one value in each
     eighth of every continuous knob's range (8 random draws do so with probability 8!/8**8, 0.2%, per knob)
     and each categorical choice at least twice. Running start-up trials draw the next points (a wide search
-    asks its start-up at once), and the trial after the start-up is TPE's own."""
+    asks its start-up at once), and the trial after the start-up is TPE's own; a sampler pickled before it
+    resumes with a random start-up."""
     import math
 
     from tune.search import FixedSpaceTPE
@@ -212,3 +213,8 @@ def test_tpes_start_up_configs_spread_over_every_knobs_range():
         assert all([t.params["norm"] for t in start].count(c) >= 2 for c in space["norm"].choices), seed
         # guided: TPE models the 8 finished trials (best: the largest mixup) and asks near the best
         assert study.ask(space).params["mixup"] > 0.5, seed
+    # a sampler pickled in a search snapshotted before the spread start-up has none: its start-up stays random
+    old = FixedSpaceTPE(space, seed=0, n_startup_trials=8)
+    del old._spread
+    study = optuna.create_study(sampler=pickle.loads(pickle.dumps(old)))
+    assert 0 <= study.ask(space).params["mixup"] <= 1

@@ -176,8 +176,9 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
 
     def _sample_relative(self, study, trial, search_space) -> dict:
         finished = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True)
-        if search_space and len(finished) < self._n_startup_trials:
-            return self._spread.sample_relative(study, trial, search_space)
+        spread = getattr(self, "_spread", None)   # None in a search snapshotted before it: a random start-up
+        if spread and search_space and len(finished) < self._n_startup_trials:
+            return spread.sample_relative(study, trial, search_space)
         return super()._sample_relative(study, trial, search_space)
 
     def infer_relative_search_space(self, study, trial) -> dict:
