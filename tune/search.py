@@ -166,8 +166,8 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
             warnings.filterwarnings("ignore", message=".*`gamma`", category=FutureWarning)
             super().__init__(gamma=gamma, seed=seed, **kwargs)
             # the start-up trials spread over every knob's range (a scrambled Sobol sequence), not at random:
-            # 10 random configs can leave a range untried, and TPE rarely goes where no finished trial is.
-            # Experimental in Optuna since 3.0.
+            # 10 random configs can leave a range untried, and TPE rarely goes where no finished trial is
+            # (README, Width). QMCSampler is marked experimental in Optuna since 3.0.
             warnings.filterwarnings("ignore", message="QMCSampler", category=optuna.exceptions.ExperimentalWarning)
             self._spread = optuna.samplers.QMCSampler(qmc_type="sobol", scramble=True, seed=seed,
                                                       warn_asynchronous_seeding=False)
@@ -177,6 +177,7 @@ class FixedSpaceTPE(optuna.samplers.TPESampler):
     def _sample_relative(self, study, trial, search_space) -> dict:
         finished = study._get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED), use_cache=True)
         spread = getattr(self, "_spread", None)   # None in a search snapshotted before it: a random start-up
+        # Optuna's own start-up test, where it would return {} and draw each knob at random
         if spread and search_space and len(finished) < self._n_startup_trials:
             return spread.sample_relative(study, trial, search_space)
         return super()._sample_relative(study, trial, search_space)
